@@ -1,0 +1,59 @@
+"""derive: SymPy derives every layer's gradient from its forward definition.
+
+    >>> import derive
+    >>> d = derive.layer("softmax")
+    >>> print(d.grad("x"))          # dx[i,j] = s[i,j]*(g[i,j] - Sum(g[i,j']*s[i,j']))
+
+Public API: `layers()`, `layer(name)`, `define(name, build)`, `Graph`, `Derivation`,
+`DeriveError`, and the reference evaluator `reference` (float64 NumPy).
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import registry
+from .derivation import Derivation, derive_graph
+from .errors import DeriveError
+from .functions import Iverson, MaxOver
+from .graph import Graph, Tensor
+
+__all__ = ["layers", "layer", "define", "Graph", "Tensor", "Derivation", "DeriveError",
+           "Iverson", "MaxOver", "derive_all"]
+
+_cache: dict[str, Derivation] = {}
+
+
+def layers() -> list[str]:
+    """Names of the built-in layers."""
+    return registry.names()
+
+
+def layer(name: str) -> Derivation:
+    """The derivation of a built-in layer (derived once per process)."""
+    if name not in _cache:
+        _cache[name] = derive_graph(registry.build(name))
+    return _cache[name]
+
+
+def define(name: str, build) -> Derivation:
+    """Derive a new layer from its forward definition alone.
+
+    `build(G)` receives an empty `Graph` named `name` and declares dims, arguments, indices,
+    bindings and outputs on it (see `derive.graph`). Nothing about the gradient is given.
+    """
+    graph = Graph(name, (build.__doc__ or "").strip())
+    build(graph)
+    if not graph.outputs:
+        raise DeriveError(name, "the definition declares no output (call G.output(...))")
+    return derive_graph(graph)
+
+
+def derive_all() -> dict[str, float]:
+    """Derive every built-in layer; returns seconds per layer."""
+    times = {}
+    for n in layers():
+        t0 = time.perf_counter()
+        layer(n)
+        times[n] = time.perf_counter() - t0
+    return times

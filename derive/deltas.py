@@ -1,0 +1,212 @@
+"""Rewrite passes over index expressions: the KroneckerDelta elimination and its helpers.
+
+SymPy's `diff` of an `Indexed` by an `Indexed` gives `KroneckerDelta`s (and, with `doit`, index
+range `Piecewise`s). Every index here is known to be in range, so
+
+    Sum_{k=lo..hi} delta(k, q) * f(k)  ->  f(q) * [lo <= q <= hi]
+
+where the bracket is dropped whenever the range of q provably lies in [lo, hi]. A delta whose
+summation variable cannot be solved for (an embedding's `delta(ids[n], p)`) stays, as an indicator
+the kernel printer turns into a scatter. Every pass here is pure: expression in, expression out.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import sympy as sp
+
+from .functions import Iverson, MaxOver
+
+_fresh = itertools.count()
+
+
+def fresh_index(stem: str = "k") -> sp.Symbol:
+    """A new integer index symbol that cannot clash with any other."""
+    return sp.Dummy(f"{stem}", integer=True)
+
+
+def bound_vars(expr) -> set:
+    out = set()
+    for s in expr.atoms(sp.Sum):
+        out.update(lim[0] for lim in s.limits)
+    for m in expr.atoms(MaxOver):
+        out.add(m.args[1])
+    return out
+
+
+def rename_bound(expr):
+    """Alpha-rename every bound index (of Sum and MaxOver) to a fresh symbol."""
+    if isinstance(expr, sp.Sum):
+        body = rename_bound(expr.function)
+        limits = []
+        for v, lo, hi in expr.limits:
+            nv = fresh_index(str(v).lstrip("_"))
+            body = body.xreplace({v: nv})
+            limits.append((nv, lo, hi))
+        return sp.Sum(body, *limits)
+    if isinstance(expr, MaxOver):
+        body, v, lo, hi = expr.args
+        nv = fresh_index(str(v).lstrip("_"))
+        return MaxOver(rename_bound(body).xreplace({v: nv}), nv, lo, hi)
+    if expr.args and not isinstance(expr, (sp.Indexed, sp.IndexedBase)):
+        return expr.func(*[rename_bound(a) for a in expr.args])
+    return expr
+
+
+def piecewise_to_iverson(expr):
+    """Piecewise((a, c1), (b, c2), ..., (z, True)) -> a*[c1] + b*[~c1 & c2] + ...: deltas inside
+    a branch become ordinary factors the elimination can see."""
+
+    def conv(pw):
+        terms, taken = [], sp.false
+        for val, cond in pw.args:
+            here = sp.And(cond, sp.Not(taken)) if taken is not sp.false else cond
+            if val != 0:
+                terms.append(val if here is sp.true else val * Iverson(here))
+            taken = sp.Or(taken, cond)
+        return sp.Add(*terms)
+
+    return expr.replace(lambda e: isinstance(e, sp.Piecewise), conv)
+
+
+def _solve_delta(delta, v):
+    """If delta is delta(v + c, b) (or the mirror), return the value of v that makes it 1."""
+    a, b = delta.args
+    d = sp.expand(a - b)
+    indep, dep = d.as_independent(v, as_Add=True)
+    if dep == v:
+        return -indep
+    if dep == -v:
+        return indep
+    return None
+
+
+def _range(value, extents):
+    """A (lo, hi) range of an index expression, or None when unknown."""
+    indep, dep = sp.expand(value).as_independent(*extents.keys(), as_Add=True)
+    if dep in extents:
+        return indep, indep + extents[dep] - 1
+    if dep == 0:
+        return indep, indep
+    return None
+
+
+def _provably(rel) -> bool:
+    try:
+        return bool(sp.simplify(rel) is sp.true)
+    except TypeError:
+        return False
+
+
+def range_indicator(value, lo, hi, extents):
+    """[lo <= value <= hi], with every provably true part dropped."""
+    conds = []
+    rng = _range(value, extents)
+    if not (rng and _provably(sp.Ge(rng[0] - lo, 0))):
+        conds.append(sp.Ge(value, lo))
+    if not (rng and _provably(sp.Ge(hi - rng[1], 0))):
+        conds.append(sp.Le(value, hi))
+    return Iverson(sp.And(*conds)) if conds else sp.Integer(1)
+
+
+def pull_out(body, v):
+    """Split a product into (factors free of v, factors with v)."""
+    indep, dep = [], []
+    for f in sp.Mul.make_args(body):
+        (dep if f.has(v) else indep).append(f)
+    return sp.Mul(*indep), sp.Mul(*dep)
+
+
+def make_sum(term, limits):
+    """Sum of term over limits (innermost first), factors free of a variable moved outside it."""
+    outside = sp.Integer(1)
+    for v, lo, hi in limits:
+        c, term = pull_out(term, v)
+        outside *= c
+        if term.has(v):
+            term = sp.Sum(term, (v, lo, hi))
+        else:
+            term = term * (hi - lo + 1)
+    return outside * term
+
+
+def eliminate_deltas(expr, extents: dict):
+    """Remove every KroneckerDelta that a summation can absorb; see the module docstring.
+
+    `extents` maps free index symbols to their extents (they run over 0..extent-1); the
+    bound variables' ranges come from their Sum limits.
+    """
+    if isinstance(expr, sp.Sum):
+        body = eliminate_deltas(expr.function, extents)
+        inner = dict(extents)
+        for v, lo, hi in expr.limits:
+            if _provably(sp.Eq(lo, 0)):
+                inner[v] = hi + 1
+        body = eliminate_deltas(body, inner) if inner != extents else body
+        return _absorb(body, list(expr.limits), extents)
+    if isinstance(expr, (sp.Indexed, sp.IndexedBase, sp.Symbol)) or not expr.args:
+        return expr
+    if isinstance(expr, (Iverson, MaxOver)) or isinstance(expr, sp.logic.boolalg.Boolean):
+        return expr
+    return expr.func(*[eliminate_deltas(a, extents) for a in expr.args])
+
+
+def _absorb(body, limits, extents):
+    out = []
+    for term in sp.Add.make_args(sp.expand_mul(body)):
+        lims = list(limits)
+        progress = True
+        while progress:
+            progress = False
+            for n, (v, lo, hi) in enumerate(lims):
+                for delta in [f for f in sp.Mul.make_args(term) if isinstance(f, sp.KroneckerDelta)]:
+                    if not delta.has(v):
+                        continue
+                    value = _solve_delta(delta, v)
+                    if value is None:
+                        continue
+                    rest = sp.Mul(*[f for f in sp.Mul.make_args(term) if f is not delta])
+                    term = rest.xreplace({v: value}) * range_indicator(value, lo, hi, extents)
+                    term = _resolve_brackets(term, extents)
+                    del lims[n]
+                    progress = True
+                    break
+                if progress:
+                    break
+        out.append(make_sum(term, lims))
+    return sp.Add(*out)
+
+
+def _resolve_brackets(term, extents):
+    """Evaluate deltas and brackets made decidable by a substitution (delta(q, q) -> 1)."""
+    return term.replace(lambda e: isinstance(e, sp.KroneckerDelta) and e.args[0] == e.args[1],
+                        lambda e: sp.Integer(1))
+
+
+def canonical_names(expr, pool=("j", "k", "l", "m", "r", "u", "w", "a", "c", "e")):
+    """Rename bound indices to short readable names that clash with nothing free."""
+    taken = {str(s) for s in expr.free_symbols}
+    return _canon(expr, pool, taken)
+
+
+def _canon(expr, pool, taken):
+    if isinstance(expr, sp.Sum):
+        taken = set(taken)
+        body = expr.function
+        limits = []
+        for v, lo, hi in expr.limits:
+            name = next(n for n in list(pool) + [f"k{i}" for i in range(99)] if n not in taken)
+            taken.add(name)
+            nv = sp.Symbol(name, integer=True)
+            body = body.xreplace({v: nv})
+            limits.append((nv, lo, hi))
+        return sp.Sum(_canon(body, pool, taken), *limits)
+    if isinstance(expr, MaxOver):
+        body, v, lo, hi = expr.args
+        name = next(n for n in list(pool) + [f"k{i}" for i in range(99)] if n not in taken)
+        nv = sp.Symbol(name, integer=True)
+        return MaxOver(_canon(body.xreplace({v: nv}), pool, taken | {name}), nv, lo, hi)
+    if expr.args and not isinstance(expr, (sp.Indexed, sp.IndexedBase)):
+        return expr.func(*[_canon(a, pool, taken) for a in expr.args])
+    return expr

@@ -1,0 +1,1 @@
+"""Built-in layers, each written once by its forward definition (see derive.graph)."""

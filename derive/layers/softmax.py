@@ -1,0 +1,44 @@
+"""Softmax and log-softmax over the last axis, in their numerically stable forms."""
+
+from sympy import exp, log
+
+from ..registry import layer
+
+
+def softmax_graph(G, x, i, j, k, n, prefix=""):
+    """Bind a max-subtracted softmax of x[i..., j] over j; returns the probabilities tensor.
+
+    Reused by attention, so its derivation reads through the softmax VJP."""
+    *rows, = i
+    m = G.bind(prefix + "m", rows, G.max(x[(*rows, k)], k), stop_gradient=True)
+    e = G.bind(prefix + "e", (*rows, j), exp(x[(*rows, j)] - m[tuple(rows)]))
+    z = G.bind(prefix + "z", rows, G.sum(e[(*rows, k)], k))
+    return G.bind(prefix + "s", (*rows, j), e[(*rows, j)] / z[tuple(rows)], save=True)
+
+
+@layer
+def softmax(G):
+    """Softmax over the last axis: s[i,j] = exp(x[i,j] - m[i]) / sum_k exp(x[i,k] - m[i])."""
+    N, n = G.dims("N n")
+    x = G.input("x", (N, n))
+    i, j, k = G.indices(i=N, j=n, k=n)
+    s = softmax_graph(G, x, (i,), j, k, n)
+    G.output(s)
+    G.notes.append("The row max m[i] is subtracted before exponentiating so that exp never "
+                   "overflows; it cancels between numerator and denominator, so it is bound with "
+                   "stop_gradient and contributes no gradient.")
+
+
+@layer
+def log_softmax(G):
+    """Log-softmax over the last axis in log-sum-exp form: y[i,j] = x[i,j] - lse[i], lse[i] = m[i] + log sum_k exp(x[i,k] - m[i])."""
+    N, n = G.dims("N n")
+    x = G.input("x", (N, n))
+    i, j, k = G.indices(i=N, j=n, k=n)
+    m = G.bind("m", (i,), G.max(x[i, k], k), stop_gradient=True)
+    z = G.bind("z", (i,), G.sum(exp(x[i, k] - m[i]), k))
+    lse = G.bind("lse", (i,), m[i] + log(z[i]), save=True)
+    y = G.bind("y", (i, j), x[i, j] - lse[i])
+    G.output(y)
+    G.notes.append("log sum_k exp(x[i,k]) = m[i] + log sum_k exp(x[i,k] - m[i]) with m[i] the row "
+                   "max: the log-sum-exp form never overflows. m is a stop-gradient binding.")
