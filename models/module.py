@@ -1,0 +1,95 @@
+"""Parameters and modules: NumPy arrays with their gradients, in a tree of modules.
+
+Conventions follow PyTorch where they fit: `parameters()`, `named_parameters()`, `zero_grad()`,
+`train()`/`eval()`, `state_dict()`/`load_state_dict()`. A module's `forward` keeps what its
+`backward` needs (only in training mode); `backward(g)` takes the upstream gradient, adds the
+parameter gradients into `Param.grad` and returns the gradient of the module's input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Param:
+    """A parameter: `data` and `grad`, two contiguous arrays of one shape and dtype."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = np.ascontiguousarray(data)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __repr__(self):
+        return f"Param(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class: children and parameters are found among the attributes, in definition order."""
+
+    training = True
+
+    def _children(self):
+        for name, v in vars(self).items():
+            if isinstance(v, (Param, Module)):
+                yield name, v
+            elif isinstance(v, (list, tuple)) and v and all(isinstance(e, Module) for e in v):
+                for i, e in enumerate(v):
+                    yield f"{name}.{i}", e
+
+    def named_parameters(self, prefix=""):
+        for name, v in self._children():
+            full = f"{prefix}{name}"
+            if isinstance(v, Param):
+                yield full, v
+            else:
+                yield from v.named_parameters(full + ".")
+
+    def parameters(self) -> list[Param]:
+        return [p for _, p in self.named_parameters()]
+
+    def grads(self) -> list[np.ndarray]:
+        return [p.grad for p in self.parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(p.data.size for p in self.parameters())
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad.fill(0)
+
+    def modules(self):
+        yield self
+        for _, v in self._children():
+            if isinstance(v, Module):
+                yield from v.modules()
+
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self) -> dict:
+        return {n: p.data.copy() for n, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict):
+        mine = dict(self.named_parameters())
+        missing, extra = set(mine) - set(state), set(state) - set(mine)
+        if missing or extra:
+            raise ValueError(f"state dict does not match the model: missing {sorted(missing)[:3]}, "
+                             f"unexpected {sorted(extra)[:3]}")
+        for n, p in mine.items():
+            a = np.asarray(state[n])
+            if a.shape != p.data.shape:
+                raise ValueError(f"state dict entry '{n}' has shape {a.shape}, the model's is {p.data.shape}")
+            p.data[...] = a
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
