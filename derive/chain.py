@@ -55,14 +55,16 @@ def reads(expr, tensor: Tensor):
 
 def _target_indices(graph: Graph, t: Tensor):
     """Readable indices for T's gradient: those of its first plain read, else p, q, r, ..."""
-    for b in graph.bindings:
-        for ix in b.expr.atoms(sp.Indexed):
-            if str(ix.base.label) == t.name and all(i in graph.extents for i in ix.indices) \
-                    and len(set(ix.indices)) == len(ix.indices) and b.expr.free_symbols.issuperset(ix.indices):
-                return tuple(ix.indices)
+    for free_only in (True, False):
+        for b in graph.bindings:
+            for ix in sorted(b.expr.atoms(sp.Indexed), key=str):
+                if str(ix.base.label) == t.name and all(i in graph.extents for i in ix.indices) \
+                        and len(set(ix.indices)) == len(ix.indices) \
+                        and (not free_only or set(ix.indices) <= set(b.indices)):
+                    return tuple(ix.indices)
     if t.role == "binding":
         return graph.binding(t.name).indices
-    used = {str(s) for s in graph.extents}
+    used = {str(s) for s in graph.extents} | {a.name for a in graph.tensors()}
     pool = [n for n in _TARGET_POOL if n not in used]
     return tuple(sp.Symbol(n, integer=True) for n in pool[: len(t.shape)])
 
@@ -106,7 +108,8 @@ class ChainRule:
 
     def partial_step(self, b, t: Tensor) -> Step:
         """dB[b]/dT[p,q,..] as printed: target indices distinct from the binding's own."""
-        used = {str(x) for x in self.g.extents} | {str(x) for x in self.tidx[t.name]}
+        used = {str(x) for x in self.g.extents} | {str(x) for x in self.tidx[t.name]} | \
+            {a.name for a in self.g.tensors()}
         names = [n for n in _TARGET_POOL if n not in used] + [f"p{i}" for i in range(9)]
         at = tuple(sp.Symbol(n, integer=True) for n in names[: len(t.shape)])
         target = t.ref(at)
@@ -190,7 +193,8 @@ def _label(a):
 def referenced_bindings(expr, graph: Graph) -> set:
     names = {b.name for b in graph.bindings}
     out = {str(ix.base.label) for ix in expr.atoms(sp.Indexed)} & names
-    out |= {str(s) for s in expr.free_symbols if isinstance(s, sp.Symbol)} & names
+    out |= {str(s) for s in expr.free_symbols if isinstance(s, sp.Symbol)} & \
+        {b.name for b in graph.bindings if not b.indices}
     return out
 
 
@@ -209,11 +213,14 @@ def _replace_reads(expr, name, fn, scalar=False):
 
 
 def tidy(expr):
-    """Distribute, move factors out of sums, and factor common terms."""
-    expr = sp.expand_mul(expr)
-    expr = expr.replace(lambda e: isinstance(e, sp.Sum), _tidy_sum)
-    expr = sp.powsimp(expr, combine="exp")
-    return sp.factor_terms(expr)
+    """The shorter of two clean forms: distributed-then-factored (where cancellations happen,
+    e.g. softmax's z) and as-is with only sums tidied (where expansion would only add terms, e.g.
+    GELU's chain of products)."""
+    expanded = sp.expand_mul(expr)
+    expanded = expanded.replace(lambda e: isinstance(e, sp.Sum), _tidy_sum)
+    expanded = sp.factor_terms(sp.powsimp(expanded, combine="exp"))
+    kept = sp.factor_terms(expr.replace(lambda e: isinstance(e, sp.Sum), _tidy_sum))
+    return min((expanded, kept), key=sp.count_ops)
 
 
 def _tidy_sum(s):
@@ -238,15 +245,75 @@ def _solve_for(graph, saved, unsaved_name, expr):
     return _replace_reads(expr, unsaved_name, lambda idx: sol.xreplace(dict(zip(r.indices, idx))))
 
 
-def fold_definitions(expr, graph: Graph):
+def fold_definitions(expr, graph: Graph, skip=frozenset()):
     """Replace each verbatim occurrence of a function-valued binding's definition by the binding
     (d exp(u)/du = exp(u) reads e; d tanh(u)/du = 1 - tanh(u)**2 reads 1 - h**2)."""
     for b in reversed(graph.bindings):
-        if not b.indices or not isinstance(b.expr, sp.Function) or b.expr.atoms(sp.Sum, MaxOver):
+        if not b.indices or b.expr.atoms(sp.Sum, MaxOver) or b.name in skip:
             continue
         wild = {i: sp.Wild(f"w_{i}") for i in b.indices}
-        expr = expr.replace(b.expr.xreplace(wild), b.tensor.ref([wild[i] for i in b.indices]))
+        if isinstance(b.expr, sp.Function):
+            expr = expr.replace(b.expr.xreplace(wild), b.tensor.ref([wild[i] for i in b.indices]))
+        elif isinstance(b.expr, sp.Mul):
+            expr = _fold_product(expr, b, wild)
+    for b in reversed(graph.bindings):
+        if b.save:
+            expr = _fold_sum_definition(expr, b)
     return expr
+
+
+def _fold_product(expr, b, wild):
+    """Replace the factors of a product-valued definition found inside any product of expr
+    (attention's e = exp(S - m) [j <= i] inside g_S = g_e exp(S - m) [j <= i])."""
+    factors = sp.Mul.make_args(b.expr.xreplace(wild))
+    lead = max(factors, key=lambda f: len(f.free_symbols))
+
+    def fold_mul(m):
+        args = list(sp.Mul.make_args(m))
+        for cand in args:
+            binding = cand.match(lead)
+            if not binding or not all(w in binding for w in wild.values()):
+                continue
+            need = [f.xreplace(binding) for f in factors]
+            rest = list(args)
+            try:
+                for f in need:
+                    rest.remove(f)
+            except ValueError:
+                continue
+            return sp.Mul(*rest) * b.tensor.ref([binding[wild[i]] for i in b.indices])
+        return m
+
+    return expr.replace(lambda e: isinstance(e, sp.Mul), fold_mul)
+
+
+def _fold_sum_definition(expr, b):
+    """For a binding b = c * Sum_k f(k), replace every Sum_k' f(k') in expr by b / c
+    (layernorm: sum_k x[i,k] -> C * mean[i])."""
+    c, s = b.expr.as_independent(sp.Sum, as_Add=False)
+    if not isinstance(s, sp.Sum) or len(s.limits) != 1 or c == 0:
+        return expr
+    (v, lo, hi), = s.limits
+
+    def match(cand):
+        if not isinstance(cand, sp.Sum) or len(cand.limits) != 1:
+            return None
+        (v2, lo2, hi2), = cand.limits
+        wild = {i: sp.Wild(f"w_{i}", exclude=[v2]) for i in b.indices}
+        m = cand.function.match(s.function.xreplace({v: v2}).xreplace(wild))
+        if m is None or any(w not in m for w in wild.values()):
+            return None
+        if sp.simplify(lo.xreplace(wild).xreplace(m) - lo2) != 0 or \
+                sp.simplify(hi.xreplace(wild).xreplace(m) - hi2) != 0:
+            return None
+        return b.tensor.ref([m[wild[i]] for i in b.indices]) / c
+
+    return expr.replace(lambda e: match(e) is not None, match)
+
+
+def denominators(expr) -> set:
+    """Non-constant bases raised to negative powers."""
+    return {p.base for p in expr.atoms(sp.Pow) if p.exp.is_negative and not p.base.is_number}
 
 
 def fold(expr, graph: Graph):
@@ -258,11 +325,12 @@ def fold(expr, graph: Graph):
     progress, so this terminates with only arguments, saved bindings and upstream gradients.
     """
     saved = [b for b in graph.bindings if b.save]
+    inlined = set()  # bindings replaced by their definitions: never folded back
     expr = tidy(fold_definitions(expr, graph))
     for _ in range(4 * len(graph.bindings) + 4):
         unsaved = referenced_bindings(expr, graph) - {b.name for b in saved}
         if not unsaved:
-            return tidy(expr)
+            return tidy(fold_definitions(expr, graph, inlined))
         order = [b.name for b in graph.bindings]
         best = None  # (number of unsaved bindings left, expression)
         for name in unsaved:
@@ -274,12 +342,16 @@ def fold(expr, graph: Graph):
                     continue
                 cand = tidy(cand)
                 after = referenced_bindings(cand, graph) - {b.name for b in saved}
+                if not denominators(cand) <= denominators(expr):
+                    continue  # e.g. GELU's t = 2y/x - 1: a new division, NaN at x = 0
                 if after < unsaved and (best is None or len(after) < best[0]):
                     best = (len(after), cand)
         if best is not None:
-            expr = best[1]
+            expr = tidy(fold_definitions(best[1], graph, inlined))
             continue
         name = max(unsaved, key=order.index)
+        inlined.add(name)
         scalar = not graph.tensor(name).shape
-        expr = tidy(_replace_reads(expr, name, lambda idx: _instantiate(graph, name, idx), scalar))
+        expr = tidy(fold_definitions(
+            _replace_reads(expr, name, lambda idx: _instantiate(graph, name, idx), scalar), graph, inlined))
     raise DeriveError(graph.name, "folding onto saved bindings did not terminate")

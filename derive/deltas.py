@@ -119,16 +119,11 @@ def pull_out(body, v):
 
 
 def make_sum(term, limits):
-    """Sum of term over limits (innermost first), factors free of a variable moved outside it."""
-    outside = sp.Integer(1)
+    """Sum of term over limits (innermost first); factors free of a variable stay outside it."""
     for v, lo, hi in limits:
-        c, term = pull_out(term, v)
-        outside *= c
-        if term.has(v):
-            term = sp.Sum(term, (v, lo, hi))
-        else:
-            term = term * (hi - lo + 1)
-    return outside * term
+        c, dep = pull_out(term, v)
+        term = c * (sp.Sum(dep, (v, lo, hi)) if dep.has(v) else dep * (hi - lo + 1))
+    return term
 
 
 def eliminate_deltas(expr, extents: dict):

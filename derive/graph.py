@@ -36,15 +36,18 @@ class Tensor:
     role: str  # "input", "param", "const", "binding", "grad"
     integer: bool = False
     default: object = None
+    positive: bool = False  # known > 0 (rstd): lets SymPy simplify sqrt(rstd**-2) to 1/rstd
 
     @property
     def base(self) -> sp.IndexedBase:
-        return sp.IndexedBase(self.name, real=not self.integer)
+        if self.integer:
+            return sp.IndexedBase(self.name, integer=True)
+        return sp.IndexedBase(self.name, positive=True) if self.positive else sp.IndexedBase(self.name, real=True)
 
     @property
     def symbol(self) -> sp.Symbol:
         """A scalar tensor (rank 0) is a plain symbol."""
-        return sp.Symbol(self.name, real=True)
+        return sp.Symbol(self.name, positive=True) if self.positive else sp.Symbol(self.name, real=True)
 
     def __getitem__(self, idx):
         idx = idx if isinstance(idx, tuple) else (idx,)
@@ -103,6 +106,8 @@ class Graph:
     def indices(self, **extents):
         out = []
         for name, extent in extents.items():
+            if any(t.name == name for t in self.tensors()):
+                raise DeriveError(self.name, f"index {name} has the name of a tensor")
             sym = sp.Symbol(name, integer=True)
             if sym in self.extents and self.extents[sym] != extent:
                 raise DeriveError(self.name, f"index {name} declared twice with extents "
@@ -112,7 +117,8 @@ class Graph:
         return out
 
     def _arg(self, name, shape, role, integer=False, default=None) -> Tensor:
-        if any(a.name == name for a in self.args) or any(b.name == name for b in self.bindings):
+        if any(a.name == name for a in self.args) or any(b.name == name for b in self.bindings) \
+                or any(str(i) == name for i in self.extents):
             raise DeriveError(self.name, f"the name '{name}' is used twice")
         t = Tensor(name, tuple(sp.sympify(s) for s in shape), role, integer, default)
         self.args.append(t)
@@ -139,16 +145,18 @@ class Graph:
         hi = self.extents[var] - 1 if hi is None else hi
         return MaxOver(expr, var, lo, hi)
 
-    def bind(self, name, indices, expr, save=False, stop_gradient=False) -> Tensor:
+    def bind(self, name, indices, expr, save=False, stop_gradient=False, positive=False) -> Tensor:
         indices = tuple(indices)
         for i in indices:
             if i not in self.extents:
                 raise DeriveError(self.name, f"binding '{name}' uses undeclared index {i}")
         if any(a.name == name for a in self.args) or any(b.name == name for b in self.bindings):
             raise DeriveError(self.name, f"the name '{name}' is used twice")
+        if any(str(i) == name for i in self.extents):
+            raise DeriveError(self.name, f"binding '{name}' has the name of an index")
         expr = sp.sympify(expr)
         self._check(name, indices, expr)
-        t = Tensor(name, tuple(self.extents[i] for i in indices), "binding")
+        t = Tensor(name, tuple(self.extents[i] for i in indices), "binding", positive=positive)
         self.bindings.append(Binding(t, indices, expr, save, stop_gradient))
         return t
 
@@ -189,7 +197,7 @@ class Graph:
                 raise DeriveError(self.name, f"'{tname}' has rank {len(t.shape)} {t.shape} but is "
                                              f"used as {ix} in binding '{name}'")
             for axis, (i, extent) in enumerate(zip(ix.indices, t.shape)):
-                if i in self.extents and sp.simplify(self.extents[i] - extent) != 0:
+                if i in self.extents and not sp.simplify(extent - self.extents[i]).is_nonnegative:
                     raise DeriveError(self.name, f"inconsistent shapes: in {ix} (binding '{name}') "
                                                  f"index {i} runs over {self.extents[i]} but axis "
                                                  f"{axis} of '{tname}' has extent {extent}")

@@ -153,7 +153,7 @@ def evaluate(expr, indices, values: dict, extents: dict):
 
 def dims_of(derivation, args: dict) -> dict:
     """Numeric values of the layer's dims (shape symbols) read off the argument arrays."""
-    dims = {}
+    pairs = []
     for t in derivation.arguments:
         if not t.shape or t.name not in args:
             continue
@@ -161,15 +161,21 @@ def dims_of(derivation, args: dict) -> dict:
         if arr.ndim != len(t.shape):
             raise DeriveError(derivation.name, f"argument '{t.name}' must have rank {len(t.shape)} "
                                                f"{t.shape}, got shape {arr.shape}")
-        for s, n in zip(t.shape, arr.shape):
-            sol = sp.solve(sp.Eq(s.subs(dims), n), list(s.free_symbols - set(dims))) if s.free_symbols - set(dims) else None
-            if sol:
-                sym = list(s.free_symbols - set(dims))[0]
-                val = sol[0] if isinstance(sol, list) else sol[sym]
-                dims[sym] = int(val)
-            elif int(s.subs(dims)) != n:
-                raise DeriveError(derivation.name, f"inconsistent shapes: argument '{t.name}' has shape "
-                                                   f"{arr.shape}, expected {t.shape} with {dims}")
+        pairs += [(t.name, arr.shape, s, n) for s, n in zip(t.shape, arr.shape)]
+    dims = {}
+    for _ in range(len(pairs) + 1):  # solve the extents with one unknown first (C = H*D last)
+        for _, _, s, n in pairs:
+            unknown = s.free_symbols - set(dims)
+            if len(unknown) == 1:
+                (sym,) = unknown
+                sol = sp.solve(sp.Eq(s.subs(dims), n), sym)
+                if len(sol) == 1 and sol[0].is_integer:
+                    dims[sym] = int(sol[0])
+    for name, shape, s, n in pairs:
+        if s.free_symbols - set(dims) or int(s.subs(dims)) != n:
+            raise DeriveError(derivation.name, f"inconsistent shapes: argument '{name}' has shape "
+                                               f"{shape}, expected {derivation.graph.tensor(name).shape} "
+                                               f"with {dims}")
     return dims
 
 

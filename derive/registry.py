@@ -13,14 +13,15 @@ _MODULES = ("linear", "activations", "softmax", "losses", "layernorm", "embeddin
 
 
 def layer(fn):
-    """Register `fn(G)` as the forward definition of the built-in layer named `fn.__name__`."""
-    _BUILDERS[fn.__name__] = fn
+    """Register `fn(G)` as the forward definition of the built-in layer named `fn.__name__`
+    (a trailing underscore dropped)."""
+    _BUILDERS[fn.__name__.rstrip("_")] = fn  # tanh_ -> tanh (no clash with sympy.tanh)
     return fn
 
 
 def _load():
     for m in _MODULES:
-        importlib.import_module(f"derive.layers.{m}")
+        importlib.import_module(f"derive.builtin.{m}")
 
 
 def names() -> list[str]:

@@ -1,1 +1,50 @@
-"""(being written)"""
+"""Causal scaled dot-product attention, single- and multi-head."""
+
+from sympy import sqrt
+
+from ..registry import layer
+from .softmax import softmax_graph
+
+
+def attention_graph(G, q, k, v, b, i, j, c, l, D):
+    """Bind causal attention of q, k, v over (b, i|j, c) and return the output tensor.
+
+    S = q k^T / sqrt(D); P = softmax of S over keys j <= i; out = P v."""
+    rows = tuple(b) + (i,)
+    S = G.bind("S", (*rows, j), G.sum(q[(*rows, c)] * k[(*b, j, c)], c) / sqrt(D))
+    P = softmax_graph(G, S, rows, j, l, last=i, name="P")
+    return G.bind("out", (*rows, c), G.sum(P[(*rows, j)] * v[(*b, j, c)], j))
+
+
+@layer
+def attention(G):
+    """Causal scaled dot-product attention: out = softmax(q k^T / sqrt(d), keys j <= i) v."""
+    B, T, D = G.dims("B T D")
+    q, k, v = (G.input(n, (B, T, D)) for n in "qkv")
+    b, i, j, c, l = G.indices(b=B, i=T, j=T, c=D, l=T)
+    G.output(attention_graph(G, q, k, v, (b,), i, j, c, l, D))
+    G.uses.append("softmax")
+    G.notes.append("The mask is part of the definition: e[b,i,j] = exp(S[b,i,j] - m[b,i]) [j <= i], so "
+                   "future keys get probability exactly 0 and the max m runs over j <= i only.")
+
+
+@layer
+def multihead_attention(G):
+    """Multi-head causal self-attention: project x to q, k, v (heads are views of the C axis, Wq
+    viewed as (C, H, D) with C = H*D), attend per head, merge, project with Wo (H, D, C)."""
+    B, T, H, D = G.dims("B T H D")
+    C = H * D
+    x = G.input("x", (B, T, C))
+    Wq, Wk, Wv = (G.param(n, (C, H, D)) for n in ("Wq", "Wk", "Wv"))
+    bq, bk, bv = (G.param(n, (H, D)) for n in ("bq", "bk", "bv"))
+    Wo = G.param("Wo", (H, D, C))
+    bo = G.param("bo", (C,))
+    b, h, i, j, c, l, a, f = G.indices(b=B, h=H, i=T, j=T, c=D, l=T, a=C, f=C)
+    q = G.bind("q", (b, h, i, c), G.sum(x[b, i, a] * Wq[a, h, c], a) + bq[h, c], save=True)
+    k = G.bind("k", (b, h, i, c), G.sum(x[b, i, a] * Wk[a, h, c], a) + bk[h, c], save=True)
+    v = G.bind("v", (b, h, i, c), G.sum(x[b, i, a] * Wv[a, h, c], a) + bv[h, c], save=True)
+    att = attention_graph(G, q, k, v, (b, h), i, j, c, l, D)
+    G.binding(att.name).save = True
+    y = G.bind("y", (b, i, f), G.sum(G.sum(att[b, h, i, c] * Wo[h, c, f], c), h) + bo[f])
+    G.output(y)
+    G.uses.extend(["attention", "linear"])

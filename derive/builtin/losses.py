@@ -1,1 +1,35 @@
-"""(being written)"""
+"""Scalar losses: their upstream gradient g is a scalar (1 for a loss at the top of the graph)."""
+
+from sympy import exp, log
+
+from ..registry import layer
+
+
+@layer
+def cross_entropy(G):
+    """Mean cross-entropy of integer targets under softmax(logits), in log-sum-exp form:
+    loss = 1/N sum_n (lse[n] - logits[n, targets[n]])."""
+    N, V = G.dims("N V")
+    logits = G.input("logits", (N, V))
+    targets = G.input("targets", (N,), integer=True)
+    n, v, k = G.indices(n=N, v=V, k=V)
+    m = G.bind("m", (n,), G.max(logits[n, k], k), stop_gradient=True)
+    z = G.bind("z", (n,), G.sum(exp(logits[n, k] - m[n]), k))
+    lse = G.bind("lse", (n,), m[n] + log(z[n]), save=True)
+    loss = G.bind("loss", (), G.sum(lse[n] - logits[n, targets[n]], n) / N)
+    G.output(loss)
+    G.uses.append("log_softmax")
+    G.notes.append("-log softmax(logits)[n, t] = lse[n] - logits[n, t] with lse[n] = m[n] + log sum_k "
+                   "exp(logits[n,k] - m[n]), m[n] the row max (stop-gradient): no exp overflows and no "
+                   "log of an underflowed probability is taken.")
+
+
+@layer
+def mse(G):
+    """Mean squared error over every element: loss = 1/(N C) sum_{i,j} (pred[i,j] - target[i,j])^2."""
+    N, C = G.dims("N C")
+    pred = G.input("pred", (N, C))
+    target = G.input("target", (N, C))
+    i, j = G.indices(i=N, j=C)
+    loss = G.bind("loss", (), G.sum(G.sum((pred[i, j] - target[i, j]) ** 2, j), i) / (N * C))
+    G.output(loss)

@@ -2,18 +2,24 @@
 
 from sympy import exp, log
 
+from ..functions import Iverson
 from ..registry import layer
 
 
-def softmax_graph(G, x, i, j, k, n, prefix=""):
-    """Bind a max-subtracted softmax of x[i..., j] over j; returns the probabilities tensor.
+def softmax_graph(G, x, rows, j, k, last=None, name="s"):
+    """Bind a max-subtracted softmax of x[rows..., j] over j and return its probabilities.
 
-    Reused by attention, so its derivation reads through the softmax VJP."""
-    *rows, = i
-    m = G.bind(prefix + "m", rows, G.max(x[(*rows, k)], k), stop_gradient=True)
-    e = G.bind(prefix + "e", (*rows, j), exp(x[(*rows, j)] - m[tuple(rows)]))
-    z = G.bind(prefix + "z", rows, G.sum(e[(*rows, k)], k))
-    return G.bind(prefix + "s", (*rows, j), e[(*rows, j)] / z[tuple(rows)], save=True)
+    With `last`, only j <= last takes part (a causal mask: masked entries get probability 0).
+    Attention reuses this, so its derivation reads through the softmax VJP."""
+    rows = tuple(rows)
+    if last is None:
+        m = G.bind("m", rows, G.max(x[(*rows, k)], k), stop_gradient=True)
+        e = G.bind("e", (*rows, j), exp(x[(*rows, j)] - m[rows]))
+    else:
+        m = G.bind("m", rows, G.max(x[(*rows, k)], k, 0, last), stop_gradient=True)
+        e = G.bind("e", (*rows, j), exp(x[(*rows, j)] - m[rows]) * Iverson(j <= last))
+    z = G.bind("z", rows, G.sum(e[(*rows, k)], k))
+    return G.bind(name, (*rows, j), e[(*rows, j)] / z[rows], save=True)
 
 
 @layer
@@ -22,7 +28,7 @@ def softmax(G):
     N, n = G.dims("N n")
     x = G.input("x", (N, n))
     i, j, k = G.indices(i=N, j=n, k=n)
-    s = softmax_graph(G, x, (i,), j, k, n)
+    s = softmax_graph(G, x, (i,), j, k)
     G.output(s)
     G.notes.append("The row max m[i] is subtracted before exponentiating so that exp never "
                    "overflows; it cancels between numerator and denominator, so it is bound with "
