@@ -1,0 +1,45 @@
+"""Sampling from a character model: temperature, top-k, deterministic under a seed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layers import Softmax
+
+
+def next_token_probs(logits_row: np.ndarray, temperature: float, top_k: int | None, softmax: Softmax):
+    """Probabilities of the next token from one row of logits (softmax kernel on logits / T)."""
+    z = np.asarray(logits_row, dtype=np.float64) / temperature
+    if top_k is not None and 0 < top_k < z.size:
+        cut = np.partition(z, -top_k)[-top_k]
+        z = np.where(z < cut, z.max() - 1e4, z)  # exp underflows to exactly 0; values stay finite
+    p = softmax(z[None, :].astype(softmax.dtype))[0].astype(np.float64)
+    return p / p.sum()
+
+
+def generate(model, prompt_ids, n_tokens: int, temperature=1.0, top_k=None, seed=0,
+             logits_fn=None) -> list[int]:
+    """Extend `prompt_ids` by `n_tokens` tokens. `logits_fn(ids)` gives the next-token logits
+    (default: a GPT's last position over its block)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    model.eval()
+    softmax = Softmax(np.float64 if model.config.dtype == "float64" else np.float32) \
+        if hasattr(model, "config") else Softmax(np.float32)
+    softmax.eval()
+    ids = list(int(i) for i in prompt_ids)
+    if logits_fn is None:
+        bs = model.config.block_size
+
+        def logits_fn(ctx):
+            ctx = np.asarray(ctx[-bs:], dtype=np.int64)[None, :]
+            return model(ctx)[0, -1]
+    try:
+        for _ in range(n_tokens):
+            p = next_token_probs(logits_fn(ids), temperature, top_k, softmax)
+            ids.append(int(rng.choice(p.size, p=p)))
+    finally:
+        model.train(was_training)
+    return ids

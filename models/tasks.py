@@ -1,0 +1,57 @@
+"""Training tasks: the model-specific parts of a run (see models.trainer.Task)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .data import CharData, CharVocab
+from .gpt import GPT, GPTConfig
+from .trainer import Task, rng_state, set_rng_state
+
+
+class GPTTask(Task):
+    """Next-character prediction with a GPT on random windows of the train split."""
+
+    kind = "gpt"
+
+    def __init__(self, model_cfg: GPTConfig, text: str, batch_size=12, seed=0, eval_iters=20):
+        self.data = CharData(text, model_cfg.block_size)
+        model_cfg.vocab_size = len(self.data.vocab)
+        self.cfg = model_cfg
+        self.model = GPT(model_cfg, seed=seed)
+        self.batch_size, self.seed, self.eval_iters = batch_size, seed, eval_iters
+        self.rng = np.random.default_rng(seed + 1)
+        self.tokens_per_step = batch_size * model_cfg.block_size
+
+    def train_step(self) -> float:
+        x, y = self.data.batch("train", self.batch_size, self.rng)
+        _, loss = self.model(x, y)
+        if np.isfinite(loss):
+            self.model.backward()
+        else:
+            self.model.clear()
+        return loss
+
+    def val_loss(self) -> float:
+        """Mean loss over `eval_iters` val batches drawn by a fixed seed (the same batches each time)."""
+        rng = np.random.default_rng(self.seed + 2)
+        self.model.eval()
+        try:
+            return float(np.mean([self.model(*self.data.batch("val", self.batch_size, rng))[1]
+                                  for _ in range(self.eval_iters)]))
+        finally:
+            self.model.train()
+
+    def rng_state(self):
+        return rng_state(self.rng)
+
+    def set_rng_state(self, state):
+        set_rng_state(self.rng, state)
+
+    def config(self):
+        return {"model": self.cfg.as_dict(), "batch_size": self.batch_size, "seed": self.seed,
+                "vocab": self.data.vocab.chars}
+
+    @staticmethod
+    def model_from_config(config: dict) -> tuple[GPT, CharVocab]:
+        return GPT(GPTConfig(**config["model"]), seed=config.get("seed", 0)), CharVocab(config["vocab"])

@@ -1,0 +1,159 @@
+"""The training loop: progress, periodic validation, atomic checkpoints, exact resume, Ctrl-C,
+and a stop on a non-finite loss.
+
+A `Task` supplies the model-specific parts: one training step's loss and gradients, a validation
+loss, and what beyond parameters and optimizer state its checkpoint must hold (the batch RNG,
+a recurrent model's carried state). `Trainer.run` is the same for every model.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on a non-finite loss; the message names the step and the kept checkpoint."""
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    history: list = field(default_factory=list)  # [step, train loss] per step
+    val_history: list = field(default_factory=list)  # [step, val loss]
+
+
+class Task:
+    """Interface; see models.tasks for the implementations."""
+
+    kind = "task"
+    tokens_per_step = 1
+
+    def train_step(self) -> float:  # forward + backward on the next batch; returns the loss
+        raise NotImplementedError
+
+    def val_loss(self) -> float:
+        raise NotImplementedError
+
+    def rng_state(self) -> dict:
+        raise NotImplementedError
+
+    def set_rng_state(self, state: dict):
+        raise NotImplementedError
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def set_extra_state(self, extra: dict):
+        pass
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def set_rng_state(rng: np.random.Generator, state: dict):
+    rng.bit_generator.state = state
+
+
+class Trainer:
+    def __init__(self, task: Task, model, optimizer, out_dir, eval_interval=250, log=print,
+                 progress=True):
+        self.task, self.model, self.opt = task, model, optimizer
+        self.out_dir = Path(out_dir)
+        self.ckpt_path = self.out_dir / "ckpt.npz"
+        self.eval_interval = eval_interval
+        self.state = RunState()
+        self.log = log
+        self.progress = progress
+        self.last_saved_step = None
+        self._interrupted = False
+
+    # --- checkpoints ---------------------------------------------------------------
+    def save(self):
+        meta = {"kind": self.task.kind, "config": self.task.config(), "step": self.state.step,
+                "rng": self.task.rng_state(), "history": self.state.history,
+                "val_history": self.state.val_history}
+        checkpoint.save(self.ckpt_path, meta, self.model.state_dict(), self.opt.state_dict(),
+                        self.task.extra_state())
+        self.last_saved_step = self.state.step
+
+    def restore(self, ck: dict):
+        meta = ck["meta"]
+        self.model.load_state_dict(ck["params"])
+        if ck["opt_state"] is None:
+            raise checkpoint.CheckpointError(f"checkpoint {ck['path']} holds no optimizer state")
+        self.opt.load_state_dict(ck["opt_state"])
+        self.task.set_rng_state(meta["rng"])
+        self.task.set_extra_state(ck["extra"])
+        self.state = RunState(meta["step"], meta.get("history", []), meta.get("val_history", []))
+        self.last_saved_step = meta["step"]
+
+    # --- loop ----------------------------------------------------------------------
+    def _on_sigint(self, signum, frame):
+        if self._interrupted:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._interrupted = True
+
+    def evaluate(self):
+        v = self.task.val_loss()
+        self.state.val_history.append([self.state.step, v])
+        return v
+
+    def run(self, steps: int) -> RunState:
+        """Train until `steps` total steps (counting those before a resume)."""
+        from tqdm import tqdm
+
+        old = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        start = self.state.step
+        bar = tqdm(total=steps, initial=start, disable=not self.progress, unit="step",
+                   dynamic_ncols=True, file=sys.stderr)
+        t0, tokens = time.perf_counter(), 0
+        try:
+            while self.state.step < steps:
+                self.model.zero_grad()
+                loss = self.task.train_step()
+                if not math.isfinite(loss):
+                    kept = (f"the last good checkpoint (step {self.last_saved_step}) is kept at {self.ckpt_path}"
+                            if self.last_saved_step is not None else "no checkpoint was written")
+                    raise TrainingStopped(f"loss became {loss} at step {self.state.step + 1}; training "
+                                          f"stopped ({kept}); try a lower learning rate")
+                self.opt.step()
+                self.state.step += 1
+                self.state.history.append([self.state.step, loss])
+                tokens += self.task.tokens_per_step
+                tps = tokens / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix_str(f"loss {loss:.4f}, {tps:,.0f} tok/s", refresh=False)
+                bar.update(1)
+                s = self.state.step
+                if s % self.eval_interval == 0 or s == steps:
+                    v = self.evaluate()
+                    bar.write(f"step {s:6d}  train loss {loss:.4f}  val loss {v:.4f}")
+                    self.save()
+                if self._interrupted:
+                    break
+        finally:
+            bar.close()
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+        if self._interrupted:
+            if self.last_saved_step != self.state.step:
+                self.save()
+            self.log(f"interrupted at step {self.state.step}; checkpoint saved to {self.ckpt_path}")
+        return self.state
+
+
+def _main_thread():
+    import threading
+    return threading.current_thread() is threading.main_thread()
