@@ -1,0 +1,766 @@
+"""Check a gradient someone derived by hand against the derivation.
+
+    >>> import derive
+    >>> from derive.verify import verify
+    >>> def dx(g, x):                          # softmax backward via the explicit Jacobian
+    ...     s = np.exp(x - x.max(-1, keepdims=True)); s /= s.sum(-1, keepdims=True)
+    ...     J = s[:, :, None] * (np.eye(x.shape[1]) - s[:, None, :])
+    ...     return np.einsum("ij,ijk->ik", g, J)
+    >>> print(verify("softmax", "x", dx))      # verdict: matches
+
+A candidate is either
+
+- a **SymPy expression** in the layer's index notation (see `derive.equivalence` for the names
+  it may use: free indices `d.grad_indices[wrt]`, tensors by name, `g` / `g_<output>`; or pass
+  `indices=` to name its free indices; `candidate_symbols(target, wrt)` hands out the objects), or
+- a **Python function** `candidate(g, **inputs) -> ndarray`: it gets the upstream gradient `g`
+  (for a layer with several outputs, `g_<output>` for each instead; for a scalar output, a float)
+  and the layer's arguments by their names (integer arguments as int64 arrays, constants such as
+  `eps` as floats); it may declare only the ones it needs, or take `**inputs`. It returns the
+  gradient with respect to `wrt`, shaped like that argument. It gets copies, so it may scribble.
+
+The verdicts:
+
+- `equivalent`: `derived - candidate` was proved to be 0 by exact rewrites (SymPy candidates
+  only) *and* every numeric case agrees;
+- `matches`: every numeric case agrees (not proved symbolically);
+- `wrong`: some case disagrees: the report carries the smallest counterexample found (shapes
+  shrunk, simple input values tried first), the offending element, both values, and for a SymPy
+  candidate `derived - candidate` tidied, which is the missing term;
+- `error`: the candidate could not be checked (it raised, returned the wrong shape, a NaN or an
+  inf, has a signature that does not fit the layer, reads unknown names) or the options are bad.
+
+The numbers, every case in float64: the candidate is compared with the derived vector-Jacobian
+product evaluated by `derive.reference` (exact up to rounding, so the comparison is tight:
+`max|cand - derived| <= vjp_rtol * max|derived| + 1e-12`, default `vjp_rtol=1e-7`), and both are
+compared with central finite differences of `L = sum(g * output)` with step `eps`, like
+torch.autograd.gradcheck: `|a - fd| <= atol + rtol * |fd|` (all elements for a small argument,
+three random directions `u . grad` for a larger one). Cases: `trials` random shapes and points,
+all dims 1, each dim 1 in turn (batch of one, feature size one), and where the definition calls
+for it large logits (rows offset by +-1e3), near-constant rows (normalizations) and masked positions
+(indicators such as a causal mask).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+
+from . import reference
+from .derivation import Derivation
+from .equivalence import CandidateError, namespace, normalize, prove
+from .errors import DeriveError
+from .functions import Iverson, MaxOver
+from .steps import text as _text
+
+__all__ = ["verify", "VerifyReport", "CaseResult", "Counterexample", "candidate_symbols",
+           "VERDICTS"]
+
+VERDICTS = ("equivalent", "matches", "wrong", "error")
+FD_FULL_MAX = 16  # arguments with at most this many elements get an elementwise finite difference
+SHRINK_BUDGET = 60  # candidate evaluations spent looking for a smaller counterexample
+
+
+# --- the report -------------------------------------------------------------------------------
+
+@dataclass
+class CaseResult:
+    """One numeric case: its shapes, the candidate's errors against the derived VJP and against
+    finite differences, and the worst element."""
+
+    label: str
+    dims: dict
+    max_abs: float
+    max_rel: float
+    fd_abs: float
+    fd_mode: str
+    ok: bool
+    index: tuple | None = None
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "dims": self.dims, "max_abs_error": _num(self.max_abs),
+                "max_rel_error": _num(self.max_rel), "fd_max_abs_error": _num(self.fd_abs),
+                "fd_mode": self.fd_mode, "ok": self.ok,
+                "worst_index": list(self.index) if self.index is not None else None}
+
+
+@dataclass
+class Counterexample:
+    """The smallest input found on which the candidate disagrees with the derivation."""
+
+    label: str
+    dims: dict
+    inputs: dict
+    upstream: dict
+    expected: np.ndarray
+    got: np.ndarray
+    index: tuple
+    wrt: str = ""
+
+    @property
+    def expected_value(self) -> float:
+        return float(np.asarray(self.expected)[self.index])
+
+    @property
+    def got_value(self) -> float:
+        return float(np.asarray(self.got)[self.index])
+
+    def as_dict(self) -> dict:
+        return {"case": self.label, "dims": self.dims,
+                "inputs": {k: _list(v) for k, v in self.inputs.items()},
+                "upstream": {k: _list(v) for k, v in self.upstream.items()},
+                "expected": _list(self.expected), "got": _list(self.got),
+                "index": list(self.index), "expected_value": _num(self.expected_value),
+                "got_value": _num(self.got_value)}
+
+    def __str__(self) -> str:
+        dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+        lines = [f"counterexample ({self.label}; {dims}):"]
+        for k, v in {**self.inputs, **self.upstream}.items():
+            lines.append(_arr_line(k, v))
+        lines.append(_arr_line(f"expected d{self.wrt}", self.expected))
+        lines.append(_arr_line(f"candidate d{self.wrt}", self.got))
+        at = ",".join(map(str, self.index))
+        lines.append(f"  at d{self.wrt}[{at}]: expected {self.expected_value:.10g}, "
+                     f"candidate gave {self.got_value:.10g}")
+        return "\n".join(lines)
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` found; `str(report)` reads as text, `report.as_dict()` is JSON-ready."""
+
+    layer: str
+    wrt: str
+    verdict: str
+    message: str
+    kind: str = ""  # "sympy" | "function" | ""
+    candidate: str = ""
+    cases: list = field(default_factory=list)
+    symbolic: str = ""  # what the symbolic check concluded
+    difference: str | None = None  # derived - candidate (wrong SymPy candidates)
+    counterexample: Counterexample | None = None
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when the candidate is right (equivalent or matches)."""
+        return self.verdict in ("equivalent", "matches")
+
+    @property
+    def max_abs_error(self) -> float | None:
+        vals = [c.max_abs for c in self.cases]
+        return max(vals) if vals else None
+
+    @property
+    def max_rel_error(self) -> float | None:
+        vals = [c.max_rel for c in self.cases]
+        return max(vals) if vals else None
+
+    @property
+    def fd_max_abs_error(self) -> float | None:
+        vals = [c.fd_abs for c in self.cases]
+        return max(vals) if vals else None
+
+    def as_dict(self) -> dict:
+        return {"layer": self.layer, "wrt": self.wrt, "verdict": self.verdict, "ok": self.ok,
+                "message": self.message, "kind": self.kind, "candidate": self.candidate,
+                "errors": {self.wrt: {"max_abs_error": _num(self.max_abs_error),
+                                      "max_rel_error": _num(self.max_rel_error),
+                                      "fd_max_abs_error": _num(self.fd_max_abs_error)}},
+                "symbolic": self.symbolic, "difference": self.difference,
+                "cases": [c.as_dict() for c in self.cases],
+                "counterexample": self.counterexample.as_dict() if self.counterexample else None,
+                "settings": self.settings}
+
+    def __str__(self) -> str:
+        head = f"verify {self.layer} d{self.wrt}: {self.verdict.upper()}"
+        lines = [head, f"  {self.message}"]
+        if self.candidate:
+            lines.append(f"  candidate: {self.candidate}")
+        if self.symbolic:
+            lines.append(f"  symbolic: {self.symbolic}")
+        if self.difference is not None:
+            lines.append(f"  derived - candidate = {self.difference}")
+        if self.cases:
+            lines.append(f"  numeric: {len(self.cases)} cases, max abs error "
+                         f"{_fmt(self.max_abs_error)}, max rel error {_fmt(self.max_rel_error)} "
+                         f"(vs the derived VJP); vs finite differences {_fmt(self.fd_max_abs_error)}")
+            for c in self.cases:
+                dims = " ".join(f"{k}={v}" for k, v in c.dims.items())
+                mark = "ok" if c.ok else "FAIL at [" + ",".join(map(str, c.index or ())) + "]"
+                lines.append(f"    {c.label:<28} {dims:<24} abs {_fmt(c.max_abs)}  rel "
+                             f"{_fmt(c.max_rel)}  fd {_fmt(c.fd_abs)} ({c.fd_mode})  {mark}")
+        if self.counterexample is not None:
+            lines.append("  " + str(self.counterexample).replace("\n", "\n  "))
+        return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2e}"
+
+
+def _num(x):
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else str(x)
+
+
+def _list(v):
+    a = np.asarray(v)
+    if a.dtype.kind in "iub":
+        return a.tolist()
+    return np.vectorize(_num, otypes=[object])(a).tolist() if a.size else a.tolist()
+
+
+def _arr_line(name, v) -> str:
+    a = np.asarray(v)
+    body = np.array2string(a, precision=6, separator=", ", suppress_small=False,
+                           max_line_width=1000, threshold=200)
+    return f"  {name} = {body}"
+
+
+# --- numeric machinery ------------------------------------------------------------------------
+
+@dataclass
+class _Case:
+    label: str
+    dims: dict  # dim symbol -> int
+    kind: str  # "normal", "large", "near_constant", "simple"
+    seed: int
+
+
+class _CandidateFailed(Exception):
+    """The candidate raised or returned something unusable (-> verdict error)."""
+
+
+class _Instance:
+    """A derivation at fixed numeric dims: forward values, the loss, the derived VJP."""
+
+    def __init__(self, d: Derivation, dims: dict, wrt: str):
+        self.d, self.dims, self.wrt = d, dims, wrt
+        self.ext = {i: int(sp.sympify(e).xreplace(dims)) for i, e in d.graph.extents.items()}
+        self.shape = {t.name: tuple(int(sp.sympify(s).xreplace(dims)) for s in t.shape)
+                      for t in d.graph.tensors()}
+        self.bindings = [(b.name, b.indices, b.expr.xreplace(dims)) for b in d.graph.bindings]
+        self.gidx = d.grad_indices[wrt]
+        self.gext = dict(self.ext)
+        self.gext.update(zip(self.gidx, self.shape[wrt]))
+        self.ups = {d.upstream(o.name): o.name for o in d.outputs}
+
+    def values(self, args):
+        vals = {}
+        for t in self.d.arguments:
+            if t.name in args:
+                vals[t.name] = args[t.name] if t.shape else float(args[t.name])
+            elif t.role == "const":
+                vals[t.name] = float(t.default)
+        return vals
+
+    def forward(self, args) -> dict:
+        vals = self.values(args)
+        with np.errstate(all="ignore"):
+            for name, idx, expr in self.bindings:
+                v = reference.evaluate(expr, idx, vals, self.ext)
+                vals[name] = v if idx else float(v)
+        return vals
+
+    def loss(self, args, upstream) -> float:
+        vals = self.forward(args)
+        return float(sum(np.sum(np.asarray(upstream[u]) * np.asarray(vals[o]))
+                         for u, o in self.ups.items()))
+
+    def expr_value(self, expr, vals):
+        with np.errstate(all="ignore"):
+            out = reference.evaluate(sp.sympify(expr).xreplace(self.dims), self.gidx, vals, self.gext)
+        return np.asarray(out, dtype=np.float64).reshape(self.shape[self.wrt])
+
+
+def _integer_ranges(d) -> dict:
+    """Integer arguments -> the extent (expression in dims) of the axis they index."""
+    out = {}
+    ints = {t.name for t in d.arguments if t.integer}
+    if not ints:
+        return out
+    g = d.graph
+    for b in g.bindings:
+        for ix in b.expr.atoms(sp.Indexed):
+            owner = g.tensor(str(ix.base.label)) if str(ix.base.label) in {t.name for t in g.tensors()} else None
+            for axis, i in enumerate(ix.indices):
+                for inner in sp.sympify(i).atoms(sp.Indexed):
+                    name = str(inner.base.label)
+                    if name in ints and owner is not None and name not in out:
+                        out[name] = owner.shape[axis]
+        for rel in b.expr.atoms(sp.KroneckerDelta, sp.Eq):
+            sides = rel.args[:2]
+            for a, c in (sides, sides[::-1]):
+                names = [str(x.base.label) for x in sp.sympify(a).atoms(sp.Indexed)
+                         if str(x.base.label) in ints]
+                if names and c in g.extents and names[0] not in out:
+                    out[names[0]] = g.extents[c]
+    return out
+
+
+def _has(d, test) -> bool:
+    return any(any(test(a) for a in sp.preorder_traversal(b.expr)) for b in d.graph.bindings)
+
+
+def _features(d):
+    large = _has(d, lambda a: isinstance(a, (sp.exp, sp.log, MaxOver)))
+    near = _has(d, lambda a: isinstance(a, sp.Pow) and not a.exp.is_integer
+                and bool(a.base.free_symbols) and a.exp.is_number)
+    masked = _has(d, lambda a: isinstance(a, (Iverson, sp.Piecewise)))
+    return large, near, masked
+
+
+def _dim_roles(d) -> dict:
+    """'batch of one' for the first axis and 'feature size one' for the last axis of the first
+    floating input; other dims are named by their symbol."""
+    roles = {}
+    floats = [t for t in d.arguments if t.shape and not t.integer]
+    if floats:
+        shp = floats[0].shape
+        if shp[0].is_Symbol:
+            roles[shp[0]] = "batch of one"
+        if len(shp) > 1 and shp[-1].is_Symbol and shp[-1] not in roles:
+            roles[shp[-1]] = "feature size one"
+    return roles
+
+
+def _cases(d, trials, seed, shapes) -> list[_Case]:
+    dims = list(d.graph.dims_)
+    rng = np.random.default_rng(seed)
+
+    def rand():
+        return {s: int(rng.integers(2, 5)) for s in dims}
+
+    cases = []
+    if shapes:
+        by_name = {str(s): s for s in dims}
+        for n, sh in enumerate(shapes):
+            dd = rand()
+            for k, v in dict(sh).items():
+                key = by_name.get(str(k))
+                if key is None:
+                    raise CandidateError(f"shapes= names dim '{k}' but {d.name} has dims "
+                                         f"{', '.join(by_name) or '(none)'}")
+                dd[key] = int(v)
+            cases.append(_Case(f"shape {n + 1}", dd, "normal", seed * 1000 + n))
+        return cases
+    for n in range(trials):
+        cases.append(_Case(f"random {n + 1}", rand(), "normal", seed * 1000 + n))
+    if dims:
+        cases.append(_Case("all dims 1", {s: 1 for s in dims}, "normal", seed * 1000 + 100))
+    roles = _dim_roles(d)
+    if len(dims) > 1:
+        for n, s in enumerate(dims):
+            dd = rand()
+            dd[s] = 1
+            cases.append(_Case(roles.get(s, f"{s}=1"), dd, "normal", seed * 1000 + 200 + n))
+    large, near, masked = _features(d)
+    if large:
+        cases.append(_Case("large logits (+-1e3)", rand(), "large", seed * 1000 + 300))
+    if near:
+        cases.append(_Case("near-constant rows", rand(), "near_constant", seed * 1000 + 400))
+    if masked:
+        cases.append(_Case("masked positions", {s: int(rng.integers(3, 5)) for s in dims},
+                           "normal", seed * 1000 + 500))
+    return cases
+
+
+def _simple(a, rng):
+    """Values with one decimal, never exactly 0 (kinks such as relu's sit at 0)."""
+    v = np.round(a, 1)
+    v[v == 0] = 0.1
+    return v
+
+
+def _point(inst: _Instance, case: _Case, int_ranges):
+    rng = np.random.default_rng(case.seed)
+    args = {}
+    for t in inst.d.arguments:
+        if t.role == "const":
+            continue
+        shape = inst.shape[t.name]
+        if t.integer:
+            hi = int(sp.sympify(int_ranges.get(t.name, 2)).xreplace(inst.dims))
+            args[t.name] = rng.integers(0, max(hi, 1), size=shape).astype(np.int64)
+            continue
+        a = rng.standard_normal(shape)
+        if case.kind == "large" and t.role == "input":
+            # rows offset by +-1e3: exp overflows (or underflows to 0/0) unless stabilized,
+            # while the softmax itself stays well conditioned
+            a = a + 1e3 * rng.choice([-1.0, 1.0], size=shape[:-1] + (1,) if shape else ())
+        elif case.kind == "near_constant" and t.role == "input" and a.ndim:
+            a = rng.standard_normal(shape[:-1] + (1,)) + 1e-4 * a
+        elif case.kind == "simple":
+            a = _simple(a, rng)
+        args[t.name] = np.asarray(a, dtype=np.float64) if shape else float(a)
+    upstream = {}
+    for u, o in inst.ups.items():
+        a = rng.standard_normal(inst.shape[o])
+        if case.kind == "simple":
+            a = _simple(a, rng)
+        upstream[u] = np.asarray(a, dtype=np.float64) if inst.shape[o] else float(a)
+    return args, upstream
+
+
+def _copy(v):
+    return v.copy() if isinstance(v, np.ndarray) else v
+
+
+# --- candidates -------------------------------------------------------------------------------
+
+class _SympyCandidate:
+    kind = "sympy"
+
+    def __init__(self, expr):
+        self.expr = expr
+
+    def describe(self):
+        return _text(self.expr)
+
+    def __call__(self, inst: _Instance, args, upstream, vals):
+        try:
+            out = inst.expr_value(self.expr, dict(vals, **upstream))
+        except (DeriveError, KeyError, IndexError, TypeError, ValueError) as e:
+            raise _CandidateFailed(f"the candidate expression cannot be evaluated: {e}") from None
+        return out
+
+
+class _FunctionCandidate:
+    kind = "function"
+
+    def __init__(self, fn, d: Derivation, wrt: str):
+        self.fn, self.d, self.wrt = fn, d, wrt
+        self.names = self._check_signature()
+
+    def describe(self):
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        try:
+            return f"{name}{inspect.signature(self.fn)}"
+        except (TypeError, ValueError):
+            return name
+
+    def _check_signature(self):
+        ups = [self.d.upstream(o.name) for o in self.d.outputs]
+        allowed = ups + [a.name for a in self.d.arguments]
+        try:
+            sig = inspect.signature(self.fn)
+        except (TypeError, ValueError):
+            return allowed  # builtins and the like: pass everything
+        params = sig.parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return allowed
+        takes = []
+        for p in params:
+            if p.kind is p.VAR_POSITIONAL:
+                continue
+            if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
+                raise CandidateError(f"wrong signature: parameter '{p.name}' is positional-only; "
+                                     f"a candidate is called with keyword arguments "
+                                     f"{', '.join(allowed)}")
+            if p.name in allowed:
+                takes.append(p.name)
+            elif p.default is p.empty:
+                raise CandidateError(
+                    f"wrong signature: parameter '{p.name}' of {self.describe()} is neither the "
+                    f"upstream gradient nor an argument of {self.d.name} (it takes "
+                    f"{', '.join(allowed)})")
+        return takes
+
+    def __call__(self, inst: _Instance, args, upstream, vals):
+        kw = {k: _copy(v) for k, v in {**upstream, **inst.values(args)}.items() if k in self.names}
+        try:
+            with np.errstate(all="ignore"):
+                out = self.fn(**kw)
+        except Exception as e:  # noqa: BLE001 - any failure of user code is reported, not raised
+            tb = traceback.extract_tb(e.__traceback__)
+            where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+            raise _CandidateFailed(f"the candidate raised {type(e).__name__}: {e}{where}") from None
+        if out is None:
+            raise _CandidateFailed("the candidate returned None (a missing `return`?)")
+        try:
+            arr = np.asarray(out)
+        except Exception as e:  # noqa: BLE001
+            raise _CandidateFailed(f"the candidate returned {type(out).__name__}, not an array: {e}") from None
+        if arr.dtype.kind not in "fiub":
+            raise _CandidateFailed(f"the candidate returned a {type(out).__name__} of dtype "
+                                   f"{arr.dtype}, not a real array")
+        want = inst.shape[self.wrt]
+        if arr.shape != want and not (want == () and arr.size == 1 and arr.ndim <= 1):
+            raise _CandidateFailed(f"the candidate returned shape {arr.shape}; d{self.wrt} must "
+                                   f"have the shape of {self.wrt}, {want}")
+        return arr.astype(np.float64).reshape(want)
+
+
+# --- comparison -------------------------------------------------------------------------------
+
+def _compare(expected, got, vjp_rtol):
+    err = np.abs(got - expected)
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    worst = float(err.max()) if err.size else 0.0
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(err)), err.shape)) if err.size else ()
+    ok = worst <= vjp_rtol * scale + 1e-12
+    rel = 0.0 if worst <= 1e-12 else (worst / scale if scale > 0 else math.inf)
+    return ok, worst, rel, index
+
+
+def _finite_differences(inst, args, upstream, wrt, eps, rng):
+    """Central differences of L = sum(g * out): ('elementwise', array) or ('directional',
+    [(u, value)])."""
+    x = np.asarray(args[wrt], dtype=np.float64)
+    scalar = not inst.shape[wrt]
+
+    def at(xv):
+        a = dict(args)
+        a[wrt] = float(xv) if scalar else xv
+        return inst.loss(a, upstream)
+
+    if x.size <= FD_FULL_MAX:
+        out = np.zeros(x.shape)
+        for i in np.ndindex(x.shape):
+            xp, xm = x.copy(), x.copy()
+            xp[i] += eps
+            xm[i] -= eps
+            out[i] = (at(xp) - at(xm)) / (2 * eps)
+        return "elementwise", out
+    dirs = []
+    for _ in range(3):
+        u = rng.standard_normal(x.shape)
+        dirs.append((u, (at(x + eps * u) - at(x - eps * u)) / (2 * eps)))
+    return "directional", dirs
+
+
+def _fd_error(mode, fd, grad, atol, rtol):
+    """(max abs error, ok) of grad against finite differences."""
+    if mode == "elementwise":
+        err = np.abs(grad - fd)
+        return float(err.max()) if err.size else 0.0, bool(np.all(err <= atol + rtol * np.abs(fd)))
+    worst, ok = 0.0, True
+    for u, val in fd:
+        dot = float(np.sum(u * grad))
+        e = abs(dot - val)
+        worst = max(worst, e)
+        ok &= e <= atol * float(np.sum(np.abs(u))) + rtol * abs(val)
+    return worst, ok
+
+
+# --- verify -----------------------------------------------------------------------------------
+
+def candidate_symbols(target, wrt: str) -> dict:
+    """The SymPy objects to write a candidate for `target`'s gradient by `wrt` with:
+    `ns = candidate_symbols("softmax", "x"); s, g, i, j = ns["s"], ns["g"], ns["i"], ns["j"]`."""
+    d = _resolve(target)
+    _check_wrt(d, wrt)
+    return namespace(d, wrt)
+
+
+def _resolve(target) -> Derivation:
+    if isinstance(target, Derivation):
+        return target
+    if isinstance(target, str):
+        from . import layer
+        return layer(target)
+    raise CandidateError(f"target must be a layer name or a Derivation, got {type(target).__name__}")
+
+
+def _check_wrt(d, wrt):
+    diff = [a.name for a in d.arguments if a.differentiable]
+    if wrt not in diff:
+        names = {a.name: a for a in d.arguments}
+        why = ("has no argument '%s'" % wrt) if wrt not in names else \
+            f"'{wrt}' is not differentiable ({'integer' if names[wrt].integer else names[wrt].role})"
+        raise CandidateError(f"{d.name} {why}; the differentiable arguments are {', '.join(diff)}")
+
+
+def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5,
+           rtol: float = 1e-3, trials: int = 4, seed: int = 0, dtype="float64", shapes=None,
+           indices=None, vjp_rtol: float = 1e-7, symbolic_timeout: float = 10.0) -> VerifyReport:
+    """Check `candidate`, a hand-derived gradient of layer `target` by its argument `wrt`.
+
+    target: a built-in layer name or a Derivation (also from `derive.define`).
+    candidate: a SymPy expression (or its string) in the layer's index notation, or a function
+        `candidate(g, **inputs)`; see the module docstring.
+    eps, atol, rtol: central-difference step and tolerances (as torch gradcheck).
+    vjp_rtol: tolerance against the derived VJP, relative to its largest element.
+    trials: random cases besides the edge cases; seed: makes every case reproducible.
+    dtype: must be float64 (the numeric comparison is done in float64 only).
+    shapes: optional list of {dim name: size} to use instead of the generated cases.
+    indices: the candidate expression's free indices in axis order, when they are not named
+        like `d.grad_indices[wrt]`.
+    """
+    name = target if isinstance(target, str) else getattr(target, "name", "?")
+    settings = {"eps": eps, "atol": atol, "rtol": rtol, "vjp_rtol": vjp_rtol, "trials": trials,
+                "seed": seed, "dtype": str(dtype)}
+
+    def error(msg, kind="", cand=""):
+        return VerifyReport(name, wrt, "error", msg, kind, cand, settings=settings)
+
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        return error(f"unknown dtype {dtype!r}; the numeric comparison runs in float64")
+    if dt != np.float64:
+        return error(f"dtype {dt} requested: the comparison needs float64 (finite differences "
+                     f"and the reference are float64 only); pass dtype='float64'")
+    for opt, val in (("eps", eps), ("atol", atol), ("rtol", rtol), ("vjp_rtol", vjp_rtol)):
+        if not (isinstance(val, (int, float)) and val >= 0 and math.isfinite(val)) or \
+                (opt == "eps" and val == 0):
+            return error(f"{opt}={val!r} must be a finite number > 0" if opt == "eps" else
+                         f"{opt}={val!r} must be a finite number >= 0")
+    if not isinstance(trials, int) or trials < 0:
+        return error(f"trials={trials!r} must be an integer >= 0")
+    try:
+        d = _resolve(target)
+        name = d.name
+        _check_wrt(d, wrt)
+    except (DeriveError, CandidateError) as e:
+        return error(str(e))
+
+    # the candidate
+    try:
+        if isinstance(candidate, (sp.Basic, str)):
+            cand = _SympyCandidate(normalize(candidate, d, wrt, indices))
+        elif callable(candidate):
+            if indices is not None:
+                return error("indices= applies to SymPy candidates only")
+            cand = _FunctionCandidate(candidate, d, wrt)
+        else:
+            return error(f"a candidate must be a SymPy expression or a function "
+                         f"candidate(g, **inputs), got {type(candidate).__name__}")
+        cases = _cases(d, trials, seed, shapes)
+    except CandidateError as e:
+        return error(str(e), getattr(candidate, "__name__", ""))
+    report = VerifyReport(name, wrt, "matches", "", cand.kind, cand.describe(), settings=settings)
+
+    # symbolic
+    proof = None
+    if cand.kind == "sympy":
+        proof = prove(d.grads[wrt], cand.expr, d, wrt, symbolic_timeout)
+        report.symbolic = ("proved: " if proof.proved else "not proved: ") + proof.note
+        if proof.difference is not None:
+            report.difference = _text(proof.difference)
+    else:
+        report.symbolic = "not applicable (a function candidate is checked numerically)"
+
+    # numeric
+    int_ranges = _integer_ranges(d)
+    failing = None
+    fd_rng = np.random.default_rng(seed + 7)
+    for case in cases:
+        try:
+            inst = _Instance(d, case.dims, wrt)
+            args, upstream = _point(inst, case, int_ranges)
+            vals = inst.forward(args)
+            expected = inst.expr_value(d.grads[wrt], dict(vals, **upstream))
+        except DeriveError as e:
+            report.verdict, report.message = "error", f"case '{case.label}': {e}"
+            return report
+        try:
+            got = cand(inst, args, upstream, vals)
+        except _CandidateFailed as e:
+            report.verdict = "error"
+            report.message = f"{e} [case '{case.label}', {_dims_text(case.dims)}]"
+            return report
+        if not np.all(np.isfinite(got)):
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(got))[0])
+            report.verdict = "error"
+            report.message = (f"the candidate returned {got[bad]} at d{wrt}[{','.join(map(str, bad))}] "
+                              f"where the derivation gives {expected[bad]:.6g} [case '{case.label}', "
+                              f"{_dims_text(case.dims)}]")
+            return report
+        if not np.all(np.isfinite(expected)):
+            continue  # a point where the layer itself is not finite says nothing
+        mode, fd = _finite_differences(inst, args, upstream, wrt, eps, fd_rng)
+        fd_derived, ok_derived = _fd_error(mode, fd, expected, atol, rtol)
+        if not ok_derived:
+            report.verdict = "error"
+            report.message = (f"the derived gradient disagrees with finite differences (max abs "
+                              f"error {fd_derived:.3g}) in case '{case.label}', "
+                              f"{_dims_text(case.dims)}: the layer may not be differentiable "
+                              f"there, or this is a bug in symgrad")
+            return report
+        ok, worst, rel, index = _compare(expected, got, vjp_rtol)
+        fd_cand, ok_fd = _fd_error(mode, fd, got, atol, rtol)
+        ok = ok and ok_fd
+        report.cases.append(CaseResult(case.label, _dims_dict(case.dims), worst, rel, fd_cand, mode,
+                                       ok, None if ok else index))
+        if not ok and failing is None:
+            failing = case
+
+    if failing is not None:
+        report.verdict = "wrong"
+        report.counterexample = _shrink(d, wrt, cand, failing, int_ranges, vjp_rtol)
+        n_bad = sum(not c.ok for c in report.cases)
+        report.message = (f"the candidate disagrees with the derivation in {n_bad} of "
+                          f"{len(report.cases)} cases")
+        return report
+    if proof is not None and proof.proved:
+        report.verdict = "equivalent"
+        report.message = (f"proved equal to the derived gradient, and agrees numerically in "
+                          f"{len(report.cases)} cases")
+    else:
+        report.verdict = "matches"
+        report.message = f"agrees with the derivation numerically in {len(report.cases)} cases"
+        if cand.kind == "sympy":
+            report.message += " (equality not proved symbolically)"
+    return report
+
+
+def _dims_text(dims) -> str:
+    return ", ".join(f"{k}={v}" for k, v in dims.items())
+
+
+def _dims_dict(dims) -> dict:
+    return {str(k): int(v) for k, v in dims.items()}
+
+
+def _shrink(d, wrt, cand, failing: _Case, int_ranges, vjp_rtol) -> Counterexample | None:
+    """The smallest failing input found: dims shrunk towards 1, simple values tried first."""
+    syms = list(failing.dims)
+    options = [sorted({1, 2, failing.dims[s]} & set(range(1, failing.dims[s] + 1))) for s in syms]
+    configs = sorted(itertools.product(*options), key=lambda c: (math.prod(c), sum(c)))
+    budget = SHRINK_BUDGET
+    kinds = ["simple"] if failing.kind == "normal" else ["simple", failing.kind]
+    for cfg in configs:
+        dims = dict(zip(syms, cfg))
+        try:
+            inst = _Instance(d, dims, wrt)
+        except (DeriveError, ValueError, TypeError):
+            continue
+        for kind in kinds:
+            for s in range(2):
+                if budget <= 0:
+                    break
+                budget -= 1
+                case = _Case(failing.label if kind == failing.kind else "simple values",
+                             dims, kind, failing.seed * 7 + 13 * s + 1)
+                ce = _try(inst, cand, case, int_ranges, vjp_rtol, wrt)
+                if ce is not None:
+                    return ce
+    inst = _Instance(d, failing.dims, wrt)
+    return _try(inst, cand, failing, int_ranges, vjp_rtol, wrt)
+
+
+def _try(inst, cand, case, int_ranges, vjp_rtol, wrt):
+    try:
+        args, upstream = _point(inst, case, int_ranges)
+        vals = inst.forward(args)
+        expected = inst.expr_value(inst.d.grads[wrt], dict(vals, **upstream))
+        got = cand(inst, args, upstream, vals)
+    except (_CandidateFailed, DeriveError):
+        return None
+    if not (np.all(np.isfinite(expected)) and np.all(np.isfinite(got))):
+        return None
+    ok, _, _, index = _compare(expected, got, vjp_rtol)
+    if ok:
+        return None
+    return Counterexample(case.label, _dims_dict(case.dims), args, upstream, expected, got, index, wrt)

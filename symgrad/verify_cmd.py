@@ -1,0 +1,133 @@
+"""`symgrad verify FILE.py:FUNCTION --layer NAME --wrt ARG [--json]`: check a hand-derived gradient.
+
+FUNCTION names a function `candidate(g, **inputs)` in FILE.py, or a SymPy expression (or a
+string of one) defined there. `--layer` is a built-in layer name, or `FILE.py:BUILD` for a layer
+defined by a `build(G)` forward definition (see `derive.define`).
+
+Exit status: 0 the candidate is right (equivalent or matches), 1 it is wrong, 2 bad input
+(file, function, layer or argument missing, candidate raising or returning the wrong shape).
+Errors are one line on stderr; the report goes to stdout (as JSON with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+
+
+class _BadInput(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _BadInput(message)
+
+
+def _parser():
+    p = _Parser(prog="symgrad verify", description="Check a hand-derived gradient against the "
+                "derivation: symbolic equivalence where it can be decided, numbers always, and a "
+                "counterexample when it is wrong.")
+    p.add_argument("candidate", metavar="FILE.py:FUNCTION",
+                   help="a function candidate(g, **inputs) -> ndarray, or a SymPy expression")
+    p.add_argument("--layer", required=True, help="built-in layer name, or FILE.py:BUILD")
+    p.add_argument("--wrt", required=True, help="the argument the candidate differentiates by")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--eps", type=float, default=1e-6, help="finite-difference step (1e-6)")
+    p.add_argument("--atol", type=float, default=1e-5, help="finite-difference atol (1e-5)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="finite-difference rtol (1e-3)")
+    p.add_argument("--trials", type=int, default=4, help="random cases besides the edge cases (4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float64", help="must be float64")
+    return p
+
+
+def _split(spec: str, what: str):
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name:
+        raise _BadInput(f"{what} must look like FILE.py:NAME, got '{spec}'")
+    return path, name
+
+
+def load(spec: str, what: str = "candidate"):
+    """The object NAME from FILE.py for a FILE.py:NAME spec; _BadInput with one line otherwise."""
+    path, name = _split(spec, what)
+    if not os.path.isfile(path):
+        raise _BadInput(f"no such file: {path}")
+    mod_name = "_symgrad_user_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
+    spec_ = importlib.util.spec_from_file_location(mod_name, path)
+    if spec_ is None or spec_.loader is None:
+        raise _BadInput(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec_)
+    sys.modules[mod_name] = module
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)
+    try:
+        spec_.loader.exec_module(module)
+    except SyntaxError as e:
+        raise _BadInput(f"cannot import {path}: SyntaxError: {e.msg} (line {e.lineno})") from None
+    except BaseException as e:  # noqa: BLE001 - a user file may raise anything, even SystemExit
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise _BadInput(f"importing {path} raised {type(e).__name__}: {e}") from None
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+    if not hasattr(module, name):
+        defined = sorted(n for n, v in vars(module).items()
+                         if not n.startswith("_") and (callable(v) or hasattr(v, "free_symbols"))
+                         and getattr(v, "__module__", mod_name) == mod_name)
+        raise _BadInput(f"{path} has no {what} '{name}'"
+                        + (f" (it defines: {', '.join(defined)})" if defined else ""))
+    return getattr(module, name)
+
+
+def _layer(spec: str):
+    if spec.endswith(".py") or ".py:" in spec:
+        import derive
+
+        build = load(spec, "layer definition")
+        if not callable(build):
+            raise _BadInput(f"{spec} is not a function build(G)")
+        return derive.define(spec.rpartition(":")[2], build)
+    return spec
+
+
+def main(argv) -> int:
+    from derive.errors import DeriveError
+    from derive.verify import verify
+
+    try:
+        args = _parser().parse_args(list(argv))
+    except _BadInput as e:
+        print(f"symgrad verify: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    out = sys.stdout
+    try:
+        # the user's code may print; keep stdout clean for the report (and for --json)
+        with contextlib.redirect_stdout(sys.stderr):
+            target = _layer(args.layer)
+            candidate = load(args.candidate)
+            report = verify(target, args.wrt, candidate, eps=args.eps, atol=args.atol,
+                            rtol=args.rtol, trials=args.trials, seed=args.seed, dtype=args.dtype)
+    except (_BadInput, DeriveError) as e:
+        print(f"symgrad verify: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - no traceback reaches the user
+        print(f"symgrad verify: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2), file=out)
+    else:
+        print(report, file=out)
+    if report.verdict == "error":
+        print(f"symgrad verify: {report.message}", file=sys.stderr)
+        return 2
+    return 0 if report.ok else 1
