@@ -1,0 +1,307 @@
+"""`symgrad train`, `symgrad sample` and `symgrad bench train`.
+
+    symgrad train gpt|mlp|rnn|lstm|word2vec [--steps N --lr X --optimizer NAME --batch-size B
+                                              --seed S --out DIR --resume CKPT ...]
+    symgrad sample CHECKPOINT [--tokens N --temperature T --top-k K --prompt TEXT --seed S]
+    symgrad bench train [--json]
+
+Bad input (a missing or corrupt checkpoint, one from another config, an empty or too short text,
+an unknown optimizer or model, a negative or NaN learning rate) is reported in one line on
+stderr with exit status 2; nothing is written before the input has been checked, and an existing
+checkpoint is never overwritten by a new run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+MODELS = ("gpt", "mlp", "rnn", "lstm", "word2vec")
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _lr(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"learning rate must be a number, got {s!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"learning rate must be a finite number >= 0, got {s}")
+    return v
+
+
+def _fail(prog, msg) -> int:
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+# --- symgrad train -------------------------------------------------------------------------
+GPT_SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "dtype")
+
+
+def _train_parser():
+    p = _Parser(prog="symgrad train", description="Train a model with the JIT-compiled kernels.")
+    p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
+    p.add_argument("--steps", type=_positive_int, help="total training steps (default per model)")
+    p.add_argument("--lr", type=_lr, help="learning rate (default per model/optimizer)")
+    p.add_argument("--optimizer", help="sgd, gd, momentum, nesterov, adagrad, rmsprop, adam, adamw")
+    p.add_argument("--schedule", default="constant", help="constant, step, cosine")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output directory (default: runs/<model>-<n>, a new one)")
+    p.add_argument("--resume", metavar="CKPT", help="continue the run saved in this checkpoint")
+    p.add_argument("--text", help="training text (default: the shipped tinyshakespeare)")
+    p.add_argument("--eval-interval", type=_positive_int)
+    p.add_argument("--max-grad-norm", type=float, help="clip gradients to this global norm")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--n-layer", type=_positive_int)
+    p.add_argument("--n-head", type=_positive_int)
+    p.add_argument("--n-embd", type=_positive_int)
+    p.add_argument("--block-size", type=_positive_int)
+    p.add_argument("--hidden", type=_positive_int, help="hidden size (mlp, rnn, lstm)")
+    p.add_argument("--dtype", choices=("float32", "float64"))
+    p.add_argument("--sample-tokens", type=int, default=300, help="characters sampled at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _new_out_dir(model: str) -> Path:
+    n = 1
+    while Path("runs", f"{model}-{n}").exists():
+        n += 1
+    return Path("runs", f"{model}-{n}")
+
+
+def train_main(argv) -> int:
+    try:
+        return _train(list(argv))
+    except UsageError as e:
+        return _fail("symgrad train", e)
+
+
+def _common_checks(a):
+    from models.optim import OPTIMIZERS
+    from models.schedules import SCHEDULES
+    if a.model not in MODELS:
+        raise UsageError(f"unknown model '{a.model}'; choose one of: {', '.join(MODELS)}")
+    if a.optimizer is not None and a.optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer '{a.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
+    if a.schedule not in SCHEDULES:
+        raise UsageError(f"unknown schedule '{a.schedule}'; choose one of: {', '.join(SCHEDULES)}")
+    for name in ("max_grad_norm", "weight_decay"):
+        v = getattr(a, name)
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+
+
+def _train(argv) -> int:
+    a = _train_parser().parse_args(argv)
+    _common_checks(a)
+    if a.model == "gpt":
+        return _train_gpt(a)
+    from models import zoo
+    return zoo.train_cli(a, UsageError)
+
+
+def _out_dir(a) -> Path:
+    out = Path(a.out) if a.out else _new_out_dir(a.model)
+    if (out / "ckpt.npz").exists():
+        raise UsageError(f"{out / 'ckpt.npz'} exists; pass --resume {out} to continue it, or another --out")
+    return out
+
+
+def _load_resume(a, kind):
+    from models import checkpoint
+    try:
+        ck = checkpoint.load(a.resume)
+    except checkpoint.CheckpointError as e:
+        raise UsageError(str(e)) from None
+    if ck["meta"].get("kind") != kind:
+        raise UsageError(f"checkpoint {ck['path']} is from a '{ck['meta'].get('kind')}' run, not '{kind}'")
+    return ck
+
+
+def _train_gpt(a) -> int:
+    from models.data import DataError, read_text
+    from models.gpt import GPTConfig
+    from models.optim import make_optimizer
+    from models.sample import generate
+    from models.schedules import make_schedule
+    from models.tasks import GPTTask
+    from models.trainer import Trainer, TrainingStopped
+
+    ck = None
+    if a.resume:
+        ck = _load_resume(a, "gpt")
+        conf = ck["meta"]["config"]
+        saved = conf["model"]
+        for k in GPT_SHAPE:
+            v = getattr(a, k)
+            if v is not None and v != saved[k]:
+                raise UsageError(f"checkpoint {ck['path']} is from another config: {k}={saved[k]}, "
+                                 f"not {v}")
+        if a.batch_size is not None and a.batch_size != conf["batch_size"]:
+            raise UsageError(f"checkpoint {ck['path']} is from another config: batch_size="
+                             f"{conf['batch_size']}, not {a.batch_size}")
+        cfg = GPTConfig(**saved)
+        batch, seed = conf["batch_size"], conf["seed"]
+        train_conf = conf.get("train", {})
+        out = ck["path"].parent
+    else:
+        cfg = GPTConfig()
+        for k in GPT_SHAPE:
+            if getattr(a, k) is not None:
+                setattr(cfg, k, getattr(a, k))
+        if cfg.n_embd % cfg.n_head:
+            raise UsageError(f"--n-embd {cfg.n_embd} is not a multiple of --n-head {cfg.n_head}")
+        batch, seed, train_conf = a.batch_size or 12, a.seed, {}
+        out = _out_dir(a)
+    opt_name = a.optimizer or train_conf.get("optimizer", "adamw")
+    lr = a.lr if a.lr is not None else train_conf.get("lr", 1e-3)
+    steps = a.steps or train_conf.get("steps", 500)
+    schedule = a.schedule if a.schedule != "constant" or not train_conf else train_conf.get("schedule", "constant")
+    if ck is not None and opt_name != train_conf.get("optimizer", opt_name):
+        raise UsageError(f"checkpoint {ck['path']} was trained with optimizer "
+                         f"'{train_conf['optimizer']}', not '{opt_name}'")
+    try:
+        text = read_text(a.text)
+        if ck is not None and sorted(set(text)) != sorted(ck["meta"]["config"]["vocab"]):
+            raise UsageError(f"the text's characters differ from the checkpoint's vocabulary")
+        task = GPTTask(cfg, text, batch_size=batch, seed=seed)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    hyper = {}
+    if a.weight_decay is not None:
+        hyper["wd"] = a.weight_decay
+    elif opt_name == "adamw":
+        hyper["wd"] = train_conf.get("wd", 0.1)
+    try:
+        opt = make_optimizer(opt_name, task.model.parameters(), schedule=make_schedule(schedule, lr, steps),
+                             max_grad_norm=a.max_grad_norm if a.max_grad_norm is not None
+                             else train_conf.get("max_grad_norm"), **hyper)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    task.train_conf = {"optimizer": opt_name, "lr": lr, "steps": steps, "schedule": schedule,
+                       "wd": hyper.get("wd"), "max_grad_norm": opt.max_grad_norm}
+    base_config = task.config
+
+    def config():
+        return dict(base_config(), train=task.train_conf)
+
+    task.config = config
+    eval_interval = a.eval_interval or max(1, min(250, steps // 5))
+    trainer = Trainer(task, task.model, opt, out, eval_interval=eval_interval, progress=not a.no_progress)
+    if ck is not None:
+        try:
+            trainer.restore(ck)
+        except ValueError as e:
+            raise UsageError(f"checkpoint {ck['path']} does not fit the model: {e}") from None
+        print(f"resuming {ck['path']} at step {trainer.state.step}")
+    else:
+        print(f"training GPT ({task.model.num_parameters():,} parameters, {cfg.n_layer} layers, "
+              f"{cfg.n_head} heads, {cfg.n_embd} dims, block {cfg.block_size}, batch {batch}) with "
+              f"{opt_name} lr {lr} for {steps} steps -> {out}")
+    try:
+        state = trainer.run(steps)
+    except TrainingStopped as e:
+        print(f"symgrad train: {e}", file=sys.stderr)
+        return 1
+    if trainer._interrupted:
+        return 130
+    if state.val_history:
+        print("val loss: " + ", ".join(f"{s}: {v:.3f}" for s, v in state.val_history))
+    print(f"checkpoint: {trainer.ckpt_path}")
+    if a.sample_tokens > 0:
+        vocab = task.data.vocab
+        ids = generate(task.model, vocab.encode("\n"), a.sample_tokens, temperature=0.8, top_k=None,
+                       seed=seed)
+        print("--- sample ---")
+        print(vocab.decode(ids[1:]))
+    return 0
+
+
+# --- symgrad sample ------------------------------------------------------------------------
+def sample_main(argv) -> int:
+    p = _Parser(prog="symgrad sample", description="Sample text from a trained character model.")
+    p.add_argument("checkpoint")
+    p.add_argument("--tokens", type=_positive_int, default=500)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=_positive_int)
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--seed", type=int, default=0)
+    try:
+        a = p.parse_args(list(argv))
+        if not (math.isfinite(a.temperature) and a.temperature > 0):
+            raise UsageError(f"--temperature must be a finite number > 0, got {a.temperature}")
+        from models import checkpoint
+        from models.data import DataError
+        try:
+            ck = checkpoint.load(a.checkpoint)
+        except checkpoint.CheckpointError as e:
+            raise UsageError(str(e)) from None
+        kind = ck["meta"].get("kind")
+        if kind == "gpt":
+            from models.tasks import GPTTask
+            model, vocab = GPTTask.model_from_config(ck["meta"]["config"])
+            logits_fn = None
+        elif kind in ("rnn", "lstm"):
+            from models import zoo
+            model, vocab, logits_fn = zoo.char_rnn_sampler(ck["meta"]["config"])
+        else:
+            raise UsageError(f"checkpoint {ck['path']} holds a '{kind}' model, which does not sample text")
+        try:
+            model.load_state_dict(ck["params"])
+        except ValueError as e:
+            raise UsageError(f"corrupt checkpoint {ck['path']}: {e}") from None
+        try:
+            prompt = vocab.encode(a.prompt)
+        except DataError as e:
+            raise UsageError(f"--prompt: {e}") from None
+        if len(prompt) == 0:
+            raise UsageError("--prompt is empty")
+    except UsageError as e:
+        return _fail("symgrad sample", e)
+    from models.sample import generate
+    ids = generate(model, prompt, a.tokens, a.temperature, a.top_k, a.seed, logits_fn=logits_fn)
+    sys.stdout.write(vocab.decode(ids) + "\n")
+    return 0
+
+
+# --- symgrad bench train -------------------------------------------------------------------
+def bench_main(argv) -> int:
+    p = _Parser(prog="symgrad bench", description="Training-step speed of symgrad against PyTorch eager.")
+    p.add_argument("what", choices=("train",))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--rounds", type=_positive_int, default=5)
+    p.add_argument("--steps", type=_positive_int, default=10, help="steps per round and side")
+    p.add_argument("--threads", type=_positive_int, default=2)
+    p.add_argument("--profile", action="store_true", help="also print where symgrad's step time goes")
+    try:
+        a = p.parse_args(list(argv))
+    except UsageError as e:
+        return _fail("symgrad bench", e)
+    from models import bench
+    return bench.main(a)
+
+
+__all__ = ["train_main", "sample_main", "bench_main"]
