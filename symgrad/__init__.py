@@ -1,0 +1,3 @@
+"""symgrad: the command line and test helpers over derive/, compiled/ and models/."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,107 @@
+"""Bad definitions raise a DeriveError naming the layer and the term; the CLI prints one line, exit 2.
+The CLI shows the textbook forms."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import sympy as sp
+
+import derive
+from derive import DeriveError
+
+
+def _elementwise(f):
+    def build(G):
+        N, C = G.dims("N C")
+        x = G.input("x", (N, C))
+        i, j = G.indices(i=N, j=C)
+        G.output(G.bind("y", (i, j), f(G, x, i, j)))
+    return build
+
+
+def test_undefined_function_is_named():
+    f = sp.Function("mystery")
+    with pytest.raises(DeriveError, match=r"bad1: .*undefined function mystery"):
+        derive.define("bad1", _elementwise(lambda G, x, i, j: f(x[i, j])))
+
+
+def test_inconsistent_shapes_are_named():
+    def build(G):
+        N, C, D = G.dims("N C D")
+        x = G.input("x", (N, C))
+        i, j = G.indices(i=N, j=D)
+        G.output(G.bind("y", (i, j), x[i, j]))
+    with pytest.raises(DeriveError, match=r"bad2: inconsistent shapes: in x\[i, j\]"):
+        derive.define("bad2", build)
+
+
+def test_wrong_rank_is_named():
+    def build(G):
+        N, C = G.dims("N C")
+        x = G.input("x", (N, C))
+        (i,) = G.indices(i=N)
+        G.output(G.bind("y", (i,), x[i]))
+    with pytest.raises(DeriveError, match=r"bad3: 'x' has rank 2"):
+        derive.define("bad3", build)
+
+
+def test_max_without_stop_gradient_has_no_derivative():
+    def build(G):
+        N, C = G.dims("N C")
+        x = G.input("x", (N, C))
+        i, k = G.indices(i=N, k=C)
+        G.output(G.bind("m", (i,), G.max(x[i, k], k)))
+    with pytest.raises(DeriveError, match=r"bad4: MaxOver has no derivative.*binding 'm'"):
+        derive.define("bad4", build)
+
+
+def test_unknown_layer_lists_the_known_ones():
+    with pytest.raises(DeriveError, match=r"nope: unknown layer; the built-in layers are: linear"):
+        derive.layer("nope")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "symgrad", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_unknown_layer_prints_one_line_and_exits_2():
+    r = _cli("derive", "nope")
+    assert r.returncode == 2
+    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and "unknown layer" in r.stderr
+
+
+def test_cli_softmax_reads_s_times_g_minus_sum_g_s():
+    r = _cli("derive", "softmax")
+    assert r.returncode == 0, r.stderr
+    simplified = [line for line in r.stdout.splitlines() if "simplified" in line]
+    assert simplified == ["  simplified  dx[i, j] = (-sum_k(g[i, k]*s[i, k]) + g[i, j])*s[i, j]"]
+
+
+def test_layernorm_vjp_uses_saved_mean_and_rstd():
+    d = derive.layer("layernorm")
+    read = {str(ix.base.label) for ix in d.grads["x"].atoms(sp.Indexed)}
+    assert read == {"x", "g", "gamma", "mean", "rstd"}
+    assert not d.grads["x"].has(sp.sqrt(sp.Symbol("eps")))
+
+
+def test_attention_vjp_reads_probabilities_and_matrix_products_not_exponentials():
+    d = derive.layer("attention")
+    for arg in "qkv":
+        e = d.grads[arg]
+        assert not e.has(sp.exp) and not e.atoms(derive.MaxOver), f"d{arg} recomputes the softmax"
+        assert {str(ix.base.label) for ix in e.atoms(sp.Indexed)} <= {"q", "k", "v", "P", "g"}
+    r = _cli("derive", "attention")
+    assert "g_P[b, i, j] = sum_k(g[b, i, k]*v[b, j, k])" in r.stdout
+
+
+def test_cli_json_gives_names_shapes_and_expressions():
+    r = _cli("derive", "linear", "--format", "json")
+    data = json.loads(r.stdout)
+    assert [a["name"] for a in data["arguments"]] == ["x", "W", "b"]
+    assert data["arguments"][1]["shape"] == ["I", "O"]
+    assert set(data["grads"]) == {"x", "W", "b"}
+    assert sp.sympify(0) == 0 and "Sum" in data["grads"]["W"]["srepr"]
+    assert "\\sum" in data["grads"]["W"]["latex"]

@@ -1,0 +1,63 @@
+"""Each built-in layer's forward written in PyTorch, independently of derive/: the peer whose
+autograd the derived gradients are compared with. Returns {output name: tensor}."""
+
+from __future__ import annotations
+
+
+
+def forward(name: str, t: dict):
+    import torch
+    import torch.nn.functional as F
+
+    if name == "linear":
+        return {"y": t["x"] @ t["W"] + t["b"]}
+    if name == "relu":
+        return {"y": torch.relu(t["x"])}
+    if name == "tanh":
+        return {"y": torch.tanh(t["x"])}
+    if name == "sigmoid":
+        return {"y": torch.sigmoid(t["x"])}
+    if name == "gelu":
+        return {"y": F.gelu(t["x"], approximate="tanh")}
+    if name == "gelu_erf":
+        return {"y": F.gelu(t["x"])}
+    if name == "softmax":
+        return {"s": torch.softmax(t["x"], -1)}
+    if name == "log_softmax":
+        return {"y": torch.log_softmax(t["x"], -1)}
+    if name == "cross_entropy":
+        return {"loss": F.cross_entropy(t["logits"], t["targets"])}
+    if name == "mse":
+        return {"loss": F.mse_loss(t["pred"], t["target"])}
+    if name == "layernorm":
+        return {"y": F.layer_norm(t["x"], t["x"].shape[-1:], t["gamma"], t["beta"], eps=1e-5)}
+    if name == "embedding":
+        return {"rows": t["table"][t["ids"]]}
+    if name == "attention":
+        return {"out": F.scaled_dot_product_attention(t["q"], t["k"], t["v"], is_causal=True)}
+    if name == "multihead_attention":
+        x = t["x"]
+        B, T, C = x.shape
+        H, D = t["bq"].shape
+
+        def heads(W, b):
+            return (x @ W.reshape(C, C) + b.reshape(C)).view(B, T, H, D).transpose(1, 2)
+
+        q, k, v = heads(t["Wq"], t["bq"]), heads(t["Wk"], t["bk"]), heads(t["Wv"], t["bv"])
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = att.transpose(1, 2).reshape(B, T, C) @ t["Wo"].reshape(C, C) + t["bo"]
+        return {"y": y}
+    if name == "rnn_cell":
+        return {"h": torch.tanh(t["x"] @ t["Wxh"] + t["h_prev"] @ t["Whh"] + t["bh"])}
+    if name == "lstm_cell":
+        xh = torch.cat([t["x"], t["h_prev"]], dim=1)
+        H = t["h_prev"].shape[1]
+        z = xh @ t["W"].reshape(-1, 4 * H) + t["b"].reshape(4 * H)
+        i, f, o, g = z.split(H, dim=1)
+        c = torch.sigmoid(f) * t["c_prev"] + torch.sigmoid(i) * torch.tanh(g)
+        return {"h": torch.sigmoid(o) * torch.tanh(c), "c": c}
+    if name == "residual":
+        return {"y": t["a"] + t["b"]}
+    raise KeyError(f"no PyTorch reference for layer '{name}': add it to tests/torch_layers.py")
+
+
