@@ -147,6 +147,7 @@ class VerifyReport:
     difference: str | None = None  # derived - candidate (wrong SymPy candidates)
     counterexample: Counterexample | None = None
     settings: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)  # cases where the layer itself is not finite
 
     @property
     def ok(self) -> bool:
@@ -177,7 +178,7 @@ class VerifyReport:
                 "symbolic": self.symbolic, "difference": self.difference,
                 "cases": [c.as_dict() for c in self.cases],
                 "counterexample": self.counterexample.as_dict() if self.counterexample else None,
-                "settings": self.settings}
+                "skipped": list(self.skipped), "settings": self.settings}
 
     def __str__(self) -> str:
         head = f"verify {self.layer} d{self.wrt}: {self.verdict.upper()}"
@@ -197,6 +198,8 @@ class VerifyReport:
                 mark = "ok" if c.ok else "FAIL at [" + ",".join(map(str, c.index or ())) + "]"
                 lines.append(f"    {c.label:<28} {dims:<24} abs {_fmt(c.max_abs)}  rel "
                              f"{_fmt(c.max_rel)}  fd {_fmt(c.fd_abs)} ({c.fd_mode})  {mark}")
+        for note in self.skipped:
+            lines.append(f"  skipped: {note}")
         if self.counterexample is not None:
             lines.append("  " + str(self.counterexample).replace("\n", "\n  "))
         return "\n".join(lines)
@@ -377,9 +380,8 @@ def _cases(d, trials, seed, shapes) -> list[_Case]:
 
 def _simple(a, rng):
     """Values with one decimal, never exactly 0 (kinks such as relu's sit at 0)."""
-    v = np.round(a, 1)
-    v[v == 0] = 0.1
-    return v
+    v = np.round(np.asarray(a, dtype=np.float64), 1)
+    return np.where(v == 0, 0.1, v)
 
 
 def _point(inst: _Instance, case: _Case, int_ranges):
@@ -654,6 +656,7 @@ def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5
     # numeric
     int_ranges = _integer_ranges(d)
     failing = None
+    nonfinite = None  # the first NaN/inf the candidate returned where the derivation is finite
     fd_rng = np.random.default_rng(seed + 7)
     for case in cases:
         try:
@@ -664,6 +667,11 @@ def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5
         except DeriveError as e:
             report.verdict, report.message = "error", f"case '{case.label}': {e}"
             return report
+        outs = [np.asarray(vals[o.name]) for o in d.outputs]
+        if not (np.all(np.isfinite(expected)) and all(np.all(np.isfinite(o)) for o in outs)):
+            report.skipped.append(f"case '{case.label}' ({_dims_text(case.dims)}): the layer's own "
+                                  f"forward or gradient is not finite there")
+            continue
         try:
             got = cand(inst, args, upstream, vals)
         except _CandidateFailed as e:
@@ -672,13 +680,13 @@ def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5
             return report
         if not np.all(np.isfinite(got)):
             bad = tuple(int(i) for i in np.argwhere(~np.isfinite(got))[0])
-            report.verdict = "error"
-            report.message = (f"the candidate returned {got[bad]} at d{wrt}[{','.join(map(str, bad))}] "
-                              f"where the derivation gives {expected[bad]:.6g} [case '{case.label}', "
-                              f"{_dims_text(case.dims)}]")
-            return report
-        if not np.all(np.isfinite(expected)):
-            continue  # a point where the layer itself is not finite says nothing
+            if nonfinite is None:
+                nonfinite = (f"the candidate returned {got[bad]} at d{wrt}[{','.join(map(str, bad))}] "
+                             f"where the derivation gives {expected[bad]:.6g} [case '{case.label}', "
+                             f"{_dims_text(case.dims)}]")
+            report.cases.append(CaseResult(case.label, _dims_dict(case.dims), math.inf, math.inf,
+                                           math.inf, "-", False, bad))
+            continue
         mode, fd = _finite_differences(inst, args, upstream, wrt, eps, fd_rng)
         fd_derived, ok_derived = _fd_error(mode, fd, expected, atol, rtol)
         if not ok_derived:
@@ -702,6 +710,11 @@ def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5
         n_bad = sum(not c.ok for c in report.cases)
         report.message = (f"the candidate disagrees with the derivation in {n_bad} of "
                           f"{len(report.cases)} cases")
+        if nonfinite is not None:
+            report.message += "; also " + nonfinite
+        return report
+    if nonfinite is not None:
+        report.verdict, report.message = "error", nonfinite
         return report
     if proof is not None and proof.proved:
         report.verdict = "equivalent"
