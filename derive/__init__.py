@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from . import registry
+from . import cache, registry
 from .derivation import Derivation, derive_graph
 from .errors import DeriveError
 from .functions import Iverson, MaxOver
@@ -30,9 +30,10 @@ def layers() -> list[str]:
 
 
 def layer(name: str) -> Derivation:
-    """The derivation of a built-in layer (derived once per process)."""
+    """The derivation of a built-in layer (derived once, then read from the on-disk cache)."""
     if name not in _cache:
-        _cache[name] = derive_graph(registry.build(name))
+        graph = registry.build(name)  # raises DeriveError for an unknown name
+        _cache[name] = cache.load_or_derive(name, lambda: derive_graph(graph))
     return _cache[name]
 
 

@@ -134,6 +134,7 @@ class ChainRule:
             if adjoint_name(g, b.name) != upstream_name(g, b.name) or len(contrib[b.name]) > 1:
                 self.steps.append(Step("chain", b.name, self.adj_ref(b.name, self.tidx[b.name]),
                                        deltas.canonical_names(self.adjoint[b.name])))
+                self.through_unsaved(b)
             for t in g.tensors():
                 if t.name == b.name or not reads(b.expr, t):
                     continue
@@ -157,16 +158,30 @@ class ChainRule:
             self.steps.append(Step("simplified", t.name, self.grad_lhs(t), grads[t.name]))
         return grads, self.steps
 
+    def through_unsaved(self, b):
+        """Where every reader of binding b is an unsaved intermediate, also record b's adjoint with
+        those intermediates inlined and folded: attention's g_S reads as the softmax VJP
+        P * (g_P - sum_l g_P P) instead of through exponentials and their sum."""
+        readers = [c for c in self.g.bindings if c.name != b.name and reads(c.expr, b.tensor)
+                   and not c.stop_gradient]
+        if not readers or any(c.save for c in readers):
+            return
+        unsaved = {c.name for c in self.g.bindings if not c.save}
+        expr = fold(self.inline(self.adjoint[b.name], b.name, only=unsaved), self.g)
+        self.steps.append(Step("chain", b.name, self.adj_ref(b.name, self.tidx[b.name]),
+                               deltas.canonical_names(expr), note="through the saved bindings"))
+
     def grad_lhs(self, t: Tensor):
         idx = self.tidx[t.name]
         return sp.Symbol(grad_name(t.name), real=True) if not t.shape \
             else sp.IndexedBase(grad_name(t.name), real=True)[idx]
 
-    def inline(self, expr, target):
-        """Replace every intermediate adjoint g_B[..] by its own (inlined) expression."""
+    def inline(self, expr, target, only=None):
+        """Replace every intermediate adjoint g_B[..] (of B in `only`, if given) by its own
+        (inlined) expression."""
         names = {adjoint_name(self.g, b): b for b in self.adjoint
-                 if adjoint_name(self.g, b) != upstream_name(self.g, b) or
-                 b not in {o.name for o in self.g.outputs}}
+                 if (adjoint_name(self.g, b) != upstream_name(self.g, b) or
+                     b not in {o.name for o in self.g.outputs}) and (only is None or b in only)}
         for _ in range(len(self.g.bindings) + 1):
             hits = [a for a in expr.atoms(sp.Indexed) if _label(a) in names]
             hits += [a for a in expr.free_symbols if isinstance(a, sp.Symbol) and a.name in names

@@ -227,7 +227,8 @@ def _arr_line(name, v) -> str:
     a = np.asarray(v)
     body = np.array2string(a, precision=6, separator=", ", suppress_small=False,
                            max_line_width=1000, threshold=200)
-    return f"  {name} = {body}"
+    pad = " " * (len(name) + 5)
+    return f"  {name} = " + body.replace("\n", "\n" + pad)
 
 
 # --- numeric machinery ------------------------------------------------------------------------
@@ -318,7 +319,7 @@ def _has(d, test) -> bool:
 def _features(d):
     large = _has(d, lambda a: isinstance(a, (sp.exp, sp.log, MaxOver)))
     near = _has(d, lambda a: isinstance(a, sp.Pow) and not a.exp.is_integer
-                and bool(a.base.free_symbols) and a.exp.is_number)
+                and bool(a.base.atoms(sp.Indexed)) and a.exp.is_number)
     masked = _has(d, lambda a: isinstance(a, (Iverson, sp.Piecewise)))
     return large, near, masked
 
