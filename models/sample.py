@@ -26,9 +26,6 @@ def generate(model, prompt_ids, n_tokens: int, temperature=1.0, top_k=None, seed
     rng = np.random.default_rng(seed)
     was_training = model.training
     model.eval()
-    softmax = Softmax(np.float64 if model.config.dtype == "float64" else np.float32) \
-        if hasattr(model, "config") else Softmax(np.float32)
-    softmax.eval()
     ids = list(int(i) for i in prompt_ids)
     if logits_fn is None:
         bs = model.config.block_size
@@ -36,9 +33,14 @@ def generate(model, prompt_ids, n_tokens: int, temperature=1.0, top_k=None, seed
         def logits_fn(ctx):
             ctx = np.asarray(ctx[-bs:], dtype=np.int64)[None, :]
             return model(ctx)[0, -1]
+    softmaxes = {}
     try:
         for _ in range(n_tokens):
-            p = next_token_probs(logits_fn(ids), temperature, top_k, softmax)
+            logits = logits_fn(ids)
+            dt = np.dtype(logits.dtype).name
+            if dt not in softmaxes:
+                softmaxes[dt] = Softmax(dt).eval()
+            p = next_token_probs(logits, temperature, top_k, softmaxes[dt])
             ids.append(int(rng.choice(p.size, p=p)))
     finally:
         model.train(was_training)
