@@ -22,7 +22,8 @@ A candidate is either
 The verdicts:
 
 - `equivalent`: `derived - candidate` was proved to be 0 by exact rewrites (SymPy candidates
-  only) *and* every numeric case agrees;
+  only) *and* no numeric case disagrees (a case where the expression, evaluated as written,
+  overflows to inf/NaN - exp(x) without the max subtracted - is named in the message);
 - `matches`: every numeric case agrees (not proved symbolically);
 - `wrong`: some case disagrees: the report carries the smallest counterexample found (shapes
   shrunk, simple input values tried first), the offending element, both values, and for a SymPy
@@ -714,13 +715,17 @@ def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5
         if nonfinite is not None:
             report.message += "; also " + nonfinite
         return report
-    if nonfinite is not None:
+    if nonfinite is not None and not (proof is not None and proof.proved):
         report.verdict, report.message = "error", nonfinite
         return report
     if proof is not None and proof.proved:
         report.verdict = "equivalent"
+        n_ok = sum(c.ok for c in report.cases)
         report.message = (f"proved equal to the derived gradient, and agrees numerically in "
-                          f"{len(report.cases)} cases")
+                          f"{n_ok} cases")
+        if nonfinite is not None:  # right, but not safe to evaluate as written
+            report.message += ("; but evaluated as written it is not finite: " + nonfinite +
+                               " (use a numerically stable form)")
     else:
         report.verdict = "matches"
         report.message = f"agrees with the derivation numerically in {len(report.cases)} cases"
