@@ -19,6 +19,7 @@ binding definitions) turns `derived - candidate` into 0. Anything else is "not p
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from . import chain, deltas
+from . import deltas, fold
 from .functions import Iverson, MaxOver
 
 
@@ -64,8 +65,11 @@ def normalize(expr, d, wrt: str, indices=None):
     """The candidate rebuilt from the layer's canonical symbols (matched by name), with its free
     indices checked against the gradient's. Raises CandidateError with a one-line reason."""
     if isinstance(expr, str):
+        local = namespace(d, wrt)
+        for name in re.findall(r"([A-Za-z_]\w*)\s*\[", expr):  # unknown tensors: named in the error
+            local.setdefault(name, sp.IndexedBase(name))
         try:
-            expr = sp.sympify(expr, locals=namespace(d, wrt))
+            expr = sp.sympify(expr, locals=local)
         except (sp.SympifyError, SyntaxError, TypeError) as e:
             raise CandidateError(f"cannot parse the candidate expression: {e}") from None
     if not isinstance(expr, sp.Basic):
@@ -214,12 +218,12 @@ def inline_bindings(expr, d):
     g = d.graph
     names = [b.name for b in g.bindings]
     for _ in range(len(names) + 1):
-        hit = chain.referenced_bindings(expr, g)
+        hit = fold.referenced_bindings(expr, g)
         if not hit:
             return expr
         for name in hit:
             scalar = not g.tensor(name).shape
-            expr = chain._replace_reads(expr, name, lambda idx, n=name: chain._instantiate(g, n, idx),
+            expr = fold.replace_reads(expr, name, lambda idx, n=name: fold.instantiate(g, n, idx),
                                         scalar)
     return expr
 
@@ -260,9 +264,9 @@ def _time_limit(seconds):
 def difference(derived, candidate, d, extents):
     """derived - candidate, tidied for reading (the missing term of a wrong candidate)."""
     cand = deltas.eliminate_deltas(deltas.piecewise_to_iverson(candidate), extents)
-    diff = chain.tidy(derived - cand)
+    diff = fold.tidy(derived - cand)
     try:
-        folded = chain.tidy(chain.fold(diff, d.graph))
+        folded = fold.tidy(fold.fold(diff, d.graph))
         if sp.count_ops(folded) < sp.count_ops(diff):
             diff = folded
     except Exception:  # noqa: BLE001 - folding is cosmetic here

@@ -2,7 +2,6 @@
 
 from sympy import exp, tanh
 
-from ..functions import Iverson
 from ..registry import layer
 
 
