@@ -125,7 +125,7 @@ def main(argv) -> int:
         return 2
     if args.json:
         print(json.dumps(report.as_dict(), indent=2), file=out)
-    else:
+    elif report.verdict != "error":
         print(report, file=out)
     if report.verdict == "error":
         print(f"symgrad verify: {report.message}", file=sys.stderr)
