@@ -6,12 +6,13 @@ from ..functions import Iverson
 from ..registry import layer
 
 
-def _elementwise(G, f, save=False, inner=None):
-    """y[i,j] = f(x[i,j]); with `inner`, y = f(t) for a named intermediate t[i,j] = inner(x)."""
+def _elementwise(G, f, save=False, inner=None, save_inner=False):
+    """y[i,j] = f(x[i,j]); with `inner`, y = f(t, x) for a named intermediate t[i,j] = inner(x)
+    (saved with `save_inner`: GELU's backward then reads t instead of recomputing a tanh)."""
     N, C = G.dims("N C")
     x = G.input("x", (N, C))
     i, j = G.indices(i=N, j=C)
-    arg = x[i, j] if inner is None else G.bind("t", (i, j), inner(x[i, j]))[i, j]
+    arg = x[i, j] if inner is None else G.bind("t", (i, j), inner(x[i, j]), save=save_inner)[i, j]
     y = G.bind("y", (i, j), f(arg, x[i, j]) if inner else f(arg), save=save)
     G.output(y)
 
@@ -37,7 +38,7 @@ def sigmoid(G):
 @layer
 def gelu(G):
     """GELU, tanh approximation: y = x/2 * (1 + t), t = tanh(sqrt(2/pi) * (x + 0.044715 x^3))."""
-    _elementwise(G, lambda t, x: x / 2 * (1 + t),
+    _elementwise(G, lambda t, x: x / 2 * (1 + t), save_inner=True,
                  inner=lambda x: tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))
 
 

@@ -31,14 +31,14 @@ def lstm_cell(G):
     b = G.param("b", (4, H))
     n, u, k, r, q = G.indices(n=N, u=H, k=I, r=H, q=4)
 
-    def sigmoid(t):
-        return 1 / (1 + exp(-t))
+    def gate(name, row):
+        """A sigmoid gate, written 1 / (1 + t) with t = exp(-z) so its VJP reads the saved gate."""
+        t = G.bind(f"t_{name}", (n, u), exp(-z[n, row, u]))
+        return G.bind(name, (n, u), 1 / (1 + t[n, u]), save=True)
 
     z = G.bind("z", (n, q, u), G.sum(x[n, k] * W[k, q, u], k) + G.sum(h_prev[n, r] * W[I + r, q, u], r)
                + b[q, u])
-    ig = G.bind("ig", (n, u), sigmoid(z[n, 0, u]), save=True)
-    fg = G.bind("fg", (n, u), sigmoid(z[n, 1, u]), save=True)
-    og = G.bind("og", (n, u), sigmoid(z[n, 2, u]), save=True)
+    ig, fg, og = gate("ig", 0), gate("fg", 1), gate("og", 2)
     cand = G.bind("cand", (n, u), tanh(z[n, 3, u]), save=True)
     c = G.bind("c", (n, u), fg[n, u] * c_prev[n, u] + ig[n, u] * cand[n, u])
     tc = G.bind("tc", (n, u), tanh(c[n, u]), save=True)
