@@ -1,0 +1,309 @@
+"""From a Derivation to the source of its kernel module: a forward and a backward `@njit` function.
+
+The forward kernel computes every binding in order (saved ones into output arrays, the others
+into temporaries allocated inside the kernel, scalars into locals). The backward kernel computes
+every argument's gradient in one function, so a temporary shared by several gradients (the
+attention's dS, a row sum) is computed once; it reads the saved forward bindings and never
+recomputes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import keyword
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .version import GENERATOR_VERSION
+from .lower import Lowerer, Nest
+from .writer import KernelWriter
+
+FASTMATH = "{'arcp', 'contract', 'afn', 'reassoc', 'nsz'}"  # never nnan/ninf: NaN checks stay right
+RESERVED = {"np", "math", "F", "njit", "range", "max", "min", "abs", "FAST", "prange", "numba"}
+
+
+@dataclass
+class Param:
+    """One argument of a generated kernel function."""
+
+    name: str  # tensor/dim name as the API knows it
+    kind: str  # "array", "int_array", "scalar", "const", "dim", "out"
+    shape: tuple = ()  # symbolic shape (arrays)
+    default: object = None
+
+
+@dataclass
+class KernelSpec:
+    """One generated function: its name, parameters (in call order) and what it returns."""
+
+    func: str
+    params: list = field(default_factory=list)
+    returns: list = field(default_factory=list)  # names of scalars returned (in order)
+    elementwise_alias: dict = field(default_factory=dict)  # out name -> inputs it may alias
+    source: str = ""
+
+
+def ident(name: str) -> str:
+    s = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    if not s or s[0].isdigit():
+        s = "_" + s
+    if keyword.iskeyword(s) or s in RESERVED:
+        s += "_"
+    return s
+
+
+def layer_key(d, dtype: str) -> str:
+    """Hash of the expressions, the argument specs, dtype and generator version."""
+    h = hashlib.sha256()
+    h.update(f"{GENERATOR_VERSION}|{dtype}|{d.name}|".encode())
+    for a in d.graph.args:
+        h.update(f"{a.name}:{a.role}:{a.integer}:{a.default}:{sp.srepr(sp.Tuple(*a.shape))};".encode())
+    for b in d.graph.bindings:
+        h.update(f"{b.name}:{b.save}:{b.stop_gradient}:{sp.srepr(b.lhs)}={sp.srepr(b.expr)};".encode())
+    h.update(("|".join(o.name for o in d.graph.outputs)).encode())
+    for a, e in d.grads.items():
+        h.update(f"{a}:{sp.srepr(sp.Tuple(*d.grad_indices[a]))}={sp.srepr(e)};".encode())
+    return h.hexdigest()[:16]
+
+
+class ModuleBuilder:
+    """Builds the forward and backward kernels of one derivation for one dtype."""
+
+    def __init__(self, d, dtype: str, blas: bool = True):
+        self.d, self.g, self.dtype, self.blas = d, d.graph, dtype, blas
+        self.fname = ident(d.name)
+
+    # --- names shared by both kernels --------------------------------------------------------
+    def base_names(self):
+        names, taken = {}, set()
+        for t in self.g.tensors():
+            names[t.name] = ident(t.name)
+            if not t.shape:
+                names[t.symbol] = ident(t.name)
+            taken.add(names[t.name])
+        for dim in self.g.dims_:
+            nm = ident(str(dim))
+            while nm in taken:
+                nm += "_"
+            names[dim] = nm
+            taken.add(nm)
+        return names, taken
+
+    def index_names(self, names, taken, symbols):
+        for s in sorted(symbols, key=str):
+            if s in names:
+                continue
+            nm = ident(str(s).lstrip("_") or "k")
+            base, n = nm, 0
+            while nm in taken:
+                n += 1
+                nm = f"{base}{n}"
+            names[s] = nm
+            taken.add(nm)
+
+    # --- forward -----------------------------------------------------------------------------
+    def forward(self) -> KernelSpec:
+        g = self.g
+        spec = KernelSpec(f"{self.fname}_forward")
+        for a in g.args:
+            if a.role == "const":
+                spec.params.append(Param(a.name, "const", (), a.default))
+            elif not a.shape:
+                spec.params.append(Param(a.name, "scalar"))
+            else:
+                spec.params.append(Param(a.name, "int_array" if a.integer else "array", a.shape))
+        for dim in g.dims_:
+            spec.params.append(Param(str(dim), "dim"))
+        arrays = {a.name: len(a.shape) for a in g.args if a.shape}
+        temps = []
+        for b in g.bindings:
+            if b.indices and b.save:
+                spec.params.append(Param(b.name, "out", b.tensor.shape))
+            elif b.indices:
+                temps.append(b)
+            elif b.save:
+                spec.returns.append(b.name)
+            arrays[b.name] = len(b.indices)
+        low = Lowerer(dict(g.extents), arrays, blas=self.blas)
+        for b in g.bindings:
+            low.lower(b.name, tuple(b.indices), b.expr)
+        spec.elementwise_alias = self.alias_safe()
+        spec.source = self.emit(spec, low, [(b.name, b.tensor.shape) for b in temps])
+        return spec
+
+    def alias_safe(self):
+        """out binding -> inputs it may overwrite in place: those it reads only at its own
+        element, outside any reduction, and that no later binding reads."""
+        out = {}
+        bs = self.g.bindings
+        for n, b in enumerate(bs):
+            if not b.save or not b.indices:
+                continue
+            ok = []
+            for a in self.g.args:
+                if tuple(a.shape) != tuple(b.tensor.shape) or a.integer:
+                    continue
+                reads = [ix for ix in b.expr.atoms(sp.Indexed) if str(ix.base.label) == a.name]
+                if any(tuple(ix.indices) != tuple(b.indices) for ix in reads):
+                    continue
+                if any(str(ix.base.label) == a.name for r in b.expr.atoms(sp.Sum) for ix in r.atoms(sp.Indexed)):
+                    continue
+                if any(any(str(ix.base.label) == a.name for ix in later.expr.atoms(sp.Indexed))
+                       for later in bs[n + 1:]):
+                    continue
+                ok.append(a.name)
+            out[b.name] = ok
+        return out
+
+    # --- backward ----------------------------------------------------------------------------
+    def backward(self) -> KernelSpec:
+        d, g = self.d, self.g
+        spec = KernelSpec(f"{self.fname}_backward")
+        exprs = [sp.sympify(e) for e in d.grads.values()]
+        read = set()
+        for e in exprs:
+            read |= {str(ix.base.label) for ix in e.atoms(sp.Indexed)}
+            read |= {s.name for s in e.free_symbols if isinstance(s, sp.Symbol)}
+        for o in g.outputs:
+            up = d.upstream(o.name)
+            if o.tensor.shape:
+                spec.params.append(Param(up, "array", o.tensor.shape))
+            else:
+                spec.params.append(Param(up, "scalar"))
+        for t in g.tensors():
+            if t.name not in read:
+                continue
+            if t.role == "const":
+                spec.params.append(Param(t.name, "const", (), t.default))
+            elif not t.shape:
+                spec.params.append(Param(t.name, "scalar"))
+            else:
+                spec.params.append(Param(t.name, "int_array" if t.integer else "array", t.shape))
+        # sizes the gradients need but nothing read carries (embedding's V: only the table has it)
+        have = {str(x) for p in spec.params for x in p.shape if sp.sympify(x).is_Symbol}
+        for a in g.args:
+            need = {str(x) for s in a.shape for x in sp.sympify(s).free_symbols} - have
+            if a.name in d.grads and need:
+                for t in g.args:
+                    if t.shape and t.name not in read and need & {str(x) for x in t.shape}:
+                        spec.params.append(Param(t.name, "int_array" if t.integer else "array", t.shape))
+                        have |= {str(x) for x in t.shape if sp.sympify(x).is_Symbol}
+                        read.add(t.name)
+        for dim in g.dims_:
+            spec.params.append(Param(str(dim), "dim"))
+        extents = dict(g.extents)
+        gidx, gexpr = {}, {}
+        for a in d.grads:
+            t = g.tensor(a)
+            idx, ren = [], {}
+            for i, s in zip(d.grad_indices[a], t.shape):
+                if i in extents and sp.simplify(extents[i] - s) != 0:
+                    # the same letter runs over another range elsewhere: a symbol of its own
+                    ren[i] = sp.Dummy(str(i), integer=True)
+                    i = ren[i]
+                extents[i] = s
+                idx.append(i)
+            gidx[a] = tuple(idx)
+            gexpr[a] = sp.sympify(d.grads[a]).xreplace(ren) if ren else sp.sympify(d.grads[a])
+        arrays = {p.name: len(p.shape) for p in spec.params if p.kind in ("array", "int_array")}
+        for a in d.grads:
+            t = g.tensor(a)
+            if t.shape:
+                spec.params.append(Param("d" + a, "out", t.shape))
+            else:
+                spec.returns.append("d" + a)
+            arrays["d" + a] = len(t.shape)
+        low = Lowerer(extents, arrays, blas=self.blas)
+        for a in d.grads:
+            low.lower("d" + a, gidx[a] if g.tensor(a).shape else (), gexpr[a])
+        spec.source = self.emit(spec, low, [])
+        return spec
+
+    # --- source ------------------------------------------------------------------------------
+    def emit(self, spec: KernelSpec, low: Lowerer, temps) -> str:
+        names, taken = self.base_names()
+        for p in spec.params:
+            names.setdefault(p.name, ident(p.name))
+            if p.kind in ("scalar", "const"):
+                names[sp.Symbol(p.name, real=True)] = names[p.name]
+                names[sp.Symbol(p.name)] = names[p.name]
+            taken.add(names[p.name])
+        for t in low.out.temps:
+            names[t.name] = ident(t.name)
+            taken.add(names[t.name])
+        for r in spec.returns:
+            names.setdefault(r, ident(r))
+            names[sp.Symbol(r, real=True)] = names[r]
+            taken.add(names[r])
+        index_syms = set(low.extents)
+        self.index_names(names, taken, index_syms)
+        w = KernelWriter(names, index_syms, low.extents)
+        w.taken |= taken
+        body = w.write(low.out.stmts)
+        args = ", ".join(names[p.name] for p in spec.params)
+        lines = ["@njit(cache=True, fastmath=FAST)", f"def {spec.func}({args}):"]
+        doc = self.docstring(spec)
+        lines.append(f'    """{doc}"""')
+        for name, shape in temps:
+            shp = ", ".join(w_index(s, names) for s in shape)
+            lines.append(f"    {names[name]} = np.empty(({shp},), F)")
+        for t in low.out.temps:
+            shp = ", ".join(w_index(s, names) for s in t.shape)
+            lines.append(f"    {names[t.name]} = np.empty(({shp},), F)")
+        lines.extend(body.render(1))
+        for r in spec.returns:
+            if not any(line.strip().startswith(f"{names[r]} ") for line in lines):
+                lines.append(f"    {names[r]} = F(0)")
+        if spec.returns:
+            lines.append("    return (" + ", ".join(names[r] for r in spec.returns) + ",)")
+        return "\n".join(lines) + "\n"
+
+    def docstring(self, spec):
+        if spec.func.endswith("forward"):
+            text = [s.text for s in self.d.steps_of("definition")]
+            head = f"Forward of {self.d.name}: every binding in order."
+        else:
+            text = [s.text for s in self.d.steps_of("simplified")]
+            head = f"Backward of {self.d.name}: the derived vector-Jacobian products."
+        body = "\n".join("    " + t.replace("\\", "\\\\").replace('"""', "'''") for t in text)
+        return f"{head}\n\n{body}\n    "
+
+
+def w_index(s, names):
+    from .printer import print_index
+    return print_index(sp.sympify(s), names)
+
+
+def module_source(d, dtype: str, key: str, blas: bool = True):
+    """The full text of the generated module and its two kernel specs."""
+    mb = ModuleBuilder(d, dtype, blas)
+    fwd = mb.forward()
+    bwd = mb.backward()
+    formulas = "\n".join(f"    {s.text}" for s in d.steps_of("simplified")) or "    (no gradients)"
+    doc = formulas.replace("\\", "\\\\").replace('"""', "'''")
+    src = [
+        f"# Generated from derive/{d.name} (symgrad compiled generator {GENERATOR_VERSION}, key {key}). Do not edit.",
+        f'"""Kernels of {d.name} ({dtype}), printed from the derivation.',
+        "",
+        "Simplified gradients:",
+        "",
+        doc,
+        '"""',
+        "import math",
+        "",
+        "import numpy as np",
+        "from numba import njit",
+        "",
+        f"F = np.{dtype}",
+        f"FAST = {FASTMATH}  # no nnan/ninf: isnan/isfinite stay correct",
+        "",
+        "",
+        fwd.source,
+        "",
+        bwd.source,
+    ]
+    return "\n".join(src), fwd, bwd
+
+
+__all__ = ["module_source", "layer_key", "KernelSpec", "Param", "ModuleBuilder"]

@@ -1,0 +1,585 @@
+"""Lowering: index equations (`T[i,j] = expr`) -> kernel statements the writer prints.
+
+A kernel is a list of equations. Each is lowered to
+
+* `Dot`: a two-factor contraction that is a (batched) matrix product, sent to BLAS through
+  `np.dot` on 2-D slices (batch indices looped over, grouped index sets reshaped);
+* `Nest`: a loop nest that writes (or accumulates into) one array element per iteration. Its
+  reductions (`Sum`, `MaxOver`) are laid out by the writer as accumulators, each hoisted to the
+  loop depth where its free indices are bound (llm.c style: a per-row sum is computed once per
+  row);
+* temporaries (`Temp`) for a contraction whose result is read elementwise, for one operand
+  group of a contraction that is not a plain array read (attention's dS = P*(dP - rowsum)), and
+  for a reduction shared by several equations of one kernel. Identical temporaries are
+  computed once per kernel (keyed by a canonical form, blind to index names).
+
+Special forms:
+
+* `Sum_n body * delta(ids[n], p)` (embedding's gradient) is a scatter-add: a loop over n that
+  accumulates into row ids[n], not an O(V*N*C) loop with a test;
+* `out[j] = Sum_n body` whose arrays keep n on an earlier axis than j (bias and layernorm
+  parameter gradients) accumulates with n as the outer loop, reading rows contiguously.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from derive.functions import Iverson, MaxOver
+
+
+@dataclass
+class Nest:
+    """for order...: target[write] (=|+=) expr."""
+
+    target: str
+    write: tuple
+    order: list  # [(var, lo, hi)]
+    expr: sp.Expr
+    accumulate: bool = False
+    note: str = ""
+
+
+@dataclass
+class Dot:
+    """out[batch, M, N] = sum_K a[...] b[...] through np.dot per batch element."""
+
+    out: str
+    out_idx: tuple
+    a: str
+    a_idx: tuple
+    b: str
+    b_idx: tuple
+    batch: tuple
+    M: tuple
+    N: tuple
+    K: tuple
+    note: str = ""
+
+
+@dataclass
+class Temp:
+    name: str
+    shape: tuple  # extent expressions in the dims
+
+
+@dataclass
+class Lowered:
+    temps: list = field(default_factory=list)
+    stmts: list = field(default_factory=list)
+
+
+def reductions(expr):
+    """Outermost Sum / MaxOver nodes of expr (not those nested inside another)."""
+    out = []
+
+    def walk(e):
+        if isinstance(e, (sp.Sum, MaxOver)):
+            out.append(e)
+            return
+        if isinstance(e, (sp.Indexed, sp.IndexedBase)):
+            return
+        for a in e.args:
+            walk(a)
+
+    walk(expr)
+    return out
+
+
+def red_limits(r):
+    if isinstance(r, sp.Sum):
+        return [tuple(l) for l in r.limits]
+    body, v, lo, hi = r.args
+    return [(v, lo, hi)]
+
+
+def red_body(r):
+    return r.function if isinstance(r, sp.Sum) else r.args[0]
+
+
+class Lowerer:
+    """Lowers the equations of one kernel; `extents` maps every free index symbol to its extent."""
+
+    def __init__(self, extents: dict, arrays: dict, blas: bool = True):
+        self.extents = dict(extents)
+        self.arrays = arrays  # name -> rank of every array the kernel can read (args, saved, upstream)
+        self.blas = blas
+        self.out = Lowered()
+        self.temp_keys = {}  # canonical key -> (temp name, order)
+        self.counter = itertools.count()
+        self.tmpvars = itertools.count()
+
+    # --- index bookkeeping -----------------------------------------------------------------
+    def is_index(self, s):
+        return s in self.extents
+
+    def ivars(self, expr):
+        """Free index symbols of expr."""
+        return {s for s in expr.free_symbols if s in self.extents}
+
+    def add_limits(self, r):
+        for v, lo, hi in red_limits(r):
+            if v not in self.extents:
+                self.extents[v] = hi - lo + 1 if lo == 0 or not (lo.free_symbols & set(self.extents)) \
+                    else None
+
+    def const_extent(self, v):
+        e = self.extents.get(v)
+        return e is not None and not (sp.sympify(e).free_symbols & set(self.extents))
+
+    def unique_bound(self, expr):
+        """Give every bound index its own symbol (derive reuses names like l for sums over
+        different ranges) and record its extent."""
+        def walk(e):
+            if isinstance(e, sp.Sum):
+                body, lims = e.function, []
+                for v, lo, hi in e.limits:
+                    nv = sp.Dummy(str(v).lstrip("_"), integer=True)
+                    body = body.xreplace({v: nv})
+                    lims.append((nv, lo, hi))
+                    self.extents[nv] = hi - lo + 1 if not ((lo.free_symbols | hi.free_symbols) &
+                                                           set(self.extents)) else None
+                return sp.Sum(walk(body), *lims)
+            if isinstance(e, MaxOver):
+                body, v, lo, hi = e.args
+                nv = sp.Dummy(str(v).lstrip("_"), integer=True)
+                self.extents[nv] = hi - lo + 1 if not ((lo.free_symbols | hi.free_symbols) &
+                                                       set(self.extents)) else None
+                return MaxOver(walk(body.xreplace({v: nv})), nv, lo, hi)
+            if isinstance(e, (sp.Indexed, sp.IndexedBase)) or not e.args:
+                return e
+            return e.func(*[walk(a) for a in e.args])
+
+        return walk(expr)
+
+    # --- temporaries ------------------------------------------------------------------------
+    def canon(self, expr, order):
+        """A key for expr over free indices `order`, blind to the names of its indices."""
+        sub = {v: sp.Symbol(f"_f{n}", integer=True) for n, v in enumerate(order)}
+        e = _canon_bound(expr.xreplace(sub))
+        return (sp.srepr(e), tuple(sp.srepr(sp.sympify(self.extents[v])) for v in order))
+
+    def temp(self, expr, order, stem):
+        """A temporary array holding expr over `order`; returns its read at `order` (reused when an
+        identical one exists)."""
+        key = self.canon(expr, order)
+        if key in self.temp_keys:
+            name, _ = self.temp_keys[key]
+            return sp.IndexedBase(name, real=True)[tuple(order)], False
+        name = f"{stem}{next(self.counter)}"
+        self.temp_keys[key] = (name, tuple(order))
+        self.out.temps.append(Temp(name, tuple(self.extents[v] for v in order)))
+        self.arrays[name] = len(order)
+        self.lower(name, tuple(order), expr)
+        return sp.IndexedBase(name, real=True)[tuple(order)], True
+
+    # --- one equation -----------------------------------------------------------------------
+    def lower(self, target: str, idx: tuple, expr):
+        """Emit statements computing target[idx] = expr (idx: index symbols; () for a scalar)."""
+        self.hint = tuple(idx)
+        expr = self.unique_bound(expr)
+        expr = self.lower_contractions(expr)
+        # a contraction term written straight into the target, the rest added in place
+        expr = self.direct_dot(target, idx, expr)
+        if expr is None:
+            return
+        scat = self.scatter(target, idx, expr)
+        if scat:
+            return
+        if self.swapped(target, idx, expr):
+            return
+        order = [(v, 0, self.extents[v] - 1) for v in idx]
+        self.out.stmts.append(Nest(target, tuple(idx), order, expr))
+
+    # --- contractions to BLAS ---------------------------------------------------------------
+    def normalize(self, expr):
+        """Gather sums so contractions show: in each Add, move factors into a Sum beside them
+        when that adds no free index to the Sum (-sum_j(P*k)*R[i] -> -sum_j(P*k*R[i])), then
+        merge the Sums over the same ranges and free indices and factor their body
+        (attention's dq becomes sum_j k * P*(dP - R): one dS shared with dk)."""
+        def push(t):
+            factors = list(sp.Mul.make_args(t))
+            sums = [f for f in factors if isinstance(f, sp.Sum)]
+            if not sums:
+                return t
+            main = max(sums, key=lambda s: len(self.ivars(s)))
+            mv = self.ivars(main)
+            inside, outside = [], []
+            for f in factors:
+                if f is main:
+                    continue
+                (inside if self.ivars(f) <= mv else outside).append(f)
+            if not inside:
+                return t
+            bound = {l[0] for l in main.limits}
+            clash = bound & set().union(*[f.free_symbols for f in inside])
+            body, lims = main.function, [tuple(l) for l in main.limits]
+            if clash:
+                ren = {v: sp.Dummy(str(v), integer=True) for v in clash}
+                body = body.xreplace(ren)
+                lims = [(ren.get(v, v), lo, hi) for v, lo, hi in lims]
+                for old, new in ren.items():
+                    self.extents[new] = self.extents.get(old)
+            return sp.Mul(*outside) * sp.Sum(body * sp.Mul(*inside), *lims)
+
+        def merge(e):
+            terms = list(sp.Add.make_args(e))
+            groups, rest = {}, []
+            for t in terms:
+                p = push(t)
+                if isinstance(p, sp.Sum):
+                    sig = (tuple((lo, hi) for _, lo, hi in p.limits), frozenset(self.ivars(p)))
+                    groups.setdefault(sig, []).append((t, p))
+                else:
+                    rest.append(t)
+            out = list(rest)
+            for sig, pairs in groups.items():
+                if len(pairs) == 1:
+                    out.append(pairs[0][0])  # nothing to merge with: leave it as it was
+                    continue
+                ts = [p for _, p in pairs]
+                lims0 = [tuple(l) for l in ts[0].limits]
+                bodies = [t.function.xreplace({l[0]: l0[0] for l, l0 in zip(t.limits, lims0)}) for t in ts]
+                out.append(sp.Sum(sp.factor_terms(sp.Add(*bodies)), *lims0))
+            return sp.Add(*out)
+
+        def visit(e):
+            if isinstance(e, (sp.Indexed, sp.IndexedBase)) or not e.args or isinstance(e, (Iverson, MaxOver)):
+                return e
+            if isinstance(e, sp.Sum):
+                self.add_limits(e)
+            new = [visit(a) for a in e.args]
+            e = e.func(*new) if new != list(e.args) else e
+            if isinstance(e, sp.Add) and e.has(sp.Sum):
+                return merge(e)
+            return e
+
+        return visit(expr)
+
+    def lower_contractions(self, expr):
+        """Replace every Sum that is a matrix product (with at least 2 free indices) by a
+        temporary computed with BLAS; innermost first."""
+        if not self.blas:
+            return expr
+        expr = self.normalize(expr)
+
+        def visit(e):
+            if isinstance(e, (sp.Indexed, sp.IndexedBase)) or not e.args:
+                return e
+            if isinstance(e, sp.Sum):
+                self.add_limits(e)
+                body = visit(e.function)
+                e = sp.Sum(body, *e.limits) if body != e.function else e
+                rep = self.contraction_temp(e)
+                return rep if rep is not None else e
+            if isinstance(e, MaxOver):
+                self.add_limits(e)
+                return e
+            new = [visit(a) for a in e.args]
+            return e.func(*new) if new != list(e.args) else e
+
+        return visit(expr)
+
+    def match(self, s):
+        """Split Sum s into coeff * A * B, a batched matrix product; or None."""
+        lims = red_limits(s)
+        K = tuple(v for v, lo, hi in lims)
+        for v, lo, hi in lims:
+            if lo != 0 or not self.const_extent(v):
+                return None
+        coeff, factors = [], []
+        for f in sp.Mul.make_args(s.function):
+            (factors if self.ivars(f) else coeff).append(f)
+        if len(factors) < 2 or len(factors) > 6:
+            return None
+        free = self.ivars(s) - set(K)
+        if not all(self.const_extent(v) for v in free):
+            return None
+        if any(f.has(MaxOver) for f in factors):
+            return None
+        sets = [self.ivars(f) for f in factors]
+        first = factors[0]
+        best = None
+        for mask in range(2 ** (len(factors) - 1)):
+            A = [factors[0]] + [f for n, f in enumerate(factors[1:]) if (mask >> n) & 1]
+            B = [f for n, f in enumerate(factors[1:]) if not (mask >> n) & 1]
+            if not B:
+                continue
+            av = set().union(*[sets[factors.index(f)] for f in A])
+            bv = set().union(*[sets[factors.index(f)] for f in B])
+            if not set(K) <= (av & bv):
+                continue
+            M, N = av - bv, bv - av
+            if not M or not N:
+                continue
+            batch = (av & bv) - set(K)
+            best = (A, B, batch, M, N)
+            break
+        del first
+        if best is None:
+            return None
+        A, B, batch, M, N = best
+        return sp.Mul(*coeff), sp.Mul(*A), sp.Mul(*B), batch, M, N, K
+
+    def operand(self, f, batch, inner):
+        """A plain array read usable as a BLAS operand, else a temporary; returns (name, idx)."""
+        want = set(batch) | set(inner[0]) | set(inner[1])
+        if isinstance(f, sp.Indexed) and all(isinstance(i, sp.Symbol) for i in f.indices) \
+                and len(set(f.indices)) == len(f.indices) and set(f.indices) == want \
+                and self.layout_ok(f.indices, batch, inner):
+            return str(f.base.label), tuple(f.indices)
+        order = natural_order(f, want, batch, inner)
+        ref, _ = self.temp(f, order, "op")
+        return str(ref.base.label), tuple(order)
+
+    @staticmethod
+    def layout_ok(idx, batch, groups):
+        """idx = batch (in order) + one group + the other, each group contiguous."""
+        nb = len(batch)
+        if tuple(idx[:nb]) != tuple(batch):
+            return False
+        rest = list(idx[nb:])
+        g0, g1 = set(groups[0]), set(groups[1])
+        n0 = len(g0)
+        a, b = set(rest[:n0]), set(rest[n0:])
+        c, d = set(rest[:len(g1)]), set(rest[len(g1):])
+        return (a == g0 and b == g1) or (c == g1 and d == g0)
+
+    def plan(self, s):
+        m = self.match(s)
+        if m is None:
+            return None
+        coeff, A, B, batch, M, N, K = m
+        hint = [v for v in getattr(self, "hint", ()) if v in (batch | M | N)]
+        if len(hint) == len(batch | M | N):
+            rest = [v for v in hint if v not in batch]
+            if rest and rest[0] in N:
+                A, B, M, N = B, A, N, M
+        # batch order from the first plain read that has them all
+        border = None
+        for ix in sorted(s.atoms(sp.Indexed), key=lambda x: -len(x.indices)):
+            seq = [i for i in ix.indices if i in batch]
+            if len(seq) == len(batch) and all(isinstance(i, sp.Symbol) for i in ix.indices):
+                border = tuple(seq)
+                break
+        if border is None:
+            border = tuple(sorted(batch, key=str))
+        return coeff, A, B, border, _ordered(A, M), _ordered(B, N), _ordered(A, K)
+
+    def contraction_temp(self, s):
+        plan = self.plan(s)
+        if plan is None:
+            return None
+        coeff, A, B, batch, M, N, K = plan
+        order = tuple(batch) + M + N
+        key = self.canon(s, order)
+        if key in self.temp_keys:
+            name, _ = self.temp_keys[key]
+            return sp.IndexedBase(name, real=True)[order]
+        name = f"mm{next(self.counter)}"
+        self.temp_keys[key] = (name, order)
+        self.out.temps.append(Temp(name, tuple(self.extents[v] for v in order)))
+        self.arrays[name] = len(order)
+        self.emit_dot(name, order, coeff, A, B, batch, M, N, K)
+        return sp.IndexedBase(name, real=True)[order]
+
+    def emit_dot(self, name, order, coeff, A, B, batch, M, N, K):
+        an, ai = self.operand(A, batch, (M, K))
+        bn, bi = self.operand(B, batch, (K, N))
+        self.out.stmts.append(Dot(name, tuple(order), an, ai, bn, bi, tuple(batch), M, N, K))
+        if coeff != 1:
+            ref = sp.IndexedBase(name, real=True)[tuple(order)]
+            self.out.stmts.append(Nest(name, tuple(order), [(v, 0, self.extents[v] - 1) for v in order],
+                                       coeff * ref, note="scale"))
+
+    def direct_dot(self, target, idx, expr):
+        """If expr (after lowering) has a term that is a contraction temp read at idx, compute that
+        contraction into the target instead; returns what is left to do in place (target[idx] +
+        the other terms), or None when nothing is."""
+        if not idx:
+            return expr
+        terms = sp.Add.make_args(expr)
+        temps = {t.name for t in self.out.temps}
+        cands = []
+        for t in terms:
+            reads = [f for f in sp.Mul.make_args(t) if isinstance(f, sp.Indexed)]
+            if len(reads) == 1 and tuple(reads[0].indices) == tuple(idx) and \
+                    str(reads[0].base.label) in temps and not self.ivars(t / reads[0]):
+                cands.append(reads[0])
+        for t in cands:
+            ref = sp.IndexedBase(target, real=True)[tuple(idx)]
+            rest = expr.xreplace({t: ref})
+            if self._retarget(str(t.base.label), target, keep_key=(rest == ref)):
+                return None if rest == ref else rest
+        return expr
+
+    def _retarget(self, name, target, keep_key):
+        stmts = [st for st in self.out.stmts if isinstance(st, Dot) and st.out == name]
+        if len(stmts) != 1 or name not in {t.name for t in self.out.temps}:
+            return False
+        if sum(1 for st in self.out.stmts if _reads(st, name)) > 0:
+            return False
+        # retarget: the dot (and its scale) write the kernel's own output
+        for st in self.out.stmts:
+            if isinstance(st, Dot) and st.out == name:
+                st.out = target
+            if isinstance(st, Nest) and st.target == name:
+                st.target = target
+                st.expr = st.expr.xreplace({sp.IndexedBase(name, real=True): sp.IndexedBase(target, real=True)})
+        self.out.temps = [t for t in self.out.temps if t.name != name]
+        for k, v in list(self.temp_keys.items()):
+            if v[0] == name:
+                if keep_key:
+                    self.temp_keys[k] = (target, v[1])
+                else:
+                    del self.temp_keys[k]
+        return True
+
+    # --- scatter-add -------------------------------------------------------------------------
+    def scatter(self, target, idx, expr):
+        if not isinstance(expr, sp.Sum) or not idx:
+            return False
+        deltas = [f for f in sp.Mul.make_args(expr.function) if isinstance(f, sp.KroneckerDelta)]
+        K = [v for v, lo, hi in expr.limits]
+        for d in deltas:
+            a, b = d.args
+            for p, val in ((a, b), (b, a)):
+                if p in idx and not val.has(p) and (self.ivars(val) & set(K)) and \
+                        not (self.ivars(val) & set(idx)):
+                    body = sp.Mul(*[f for f in sp.Mul.make_args(expr.function) if f is not d])
+                    body = body.xreplace({p: val})
+                    for v, lo, hi in expr.limits:
+                        self.extents.setdefault(v, hi - lo + 1)
+                    order = [tuple(l) for l in expr.limits] + \
+                            [(v, 0, self.extents[v] - 1) for v in idx if v != p]
+                    write = tuple(val if v == p else v for v in idx)
+                    self.out.stmts.append(Nest(target, write, order, body, accumulate=True,
+                                               note="scatter-add"))
+                    return True
+        return False
+
+    # --- reductions over a leading axis ------------------------------------------------------
+    def merge_sums(self, expr):
+        """c1*Sum(f1, lims) + c2*Sum(f2, lims') + ... -> Sum(c1*f1 + c2*f2', lims) when every term
+        is a sum over the same ranges (dgamma = sum_n(g*x*rstd) - sum_n(g*mean*rstd))."""
+        terms = sp.Add.make_args(expr)
+        if len(terms) < 2:
+            return expr
+        parts = []
+        for t in terms:
+            sums = [f for f in sp.Mul.make_args(t) if isinstance(f, sp.Sum)]
+            if len(sums) != 1:
+                return expr
+            c = t / sums[0]
+            if self.ivars(c):
+                return expr
+            parts.append((c, sums[0]))
+        lims0 = [tuple(l) for l in parts[0][1].limits]
+        bodies = []
+        for c, s in parts:
+            lims = [tuple(l) for l in s.limits]
+            if len(lims) != len(lims0) or any(l[1:] != l0[1:] for l, l0 in zip(lims, lims0)):
+                return expr
+            bodies.append(c * s.function.xreplace({l[0]: l0[0] for l, l0 in zip(lims, lims0)}))
+        return sp.Sum(sp.Add(*bodies), *lims0)
+
+    def swapped(self, target, idx, expr):
+        expr = self.merge_sums(expr)
+        coeff, s = sp.S.One, expr
+        if isinstance(expr, sp.Mul):
+            sums = [f for f in expr.args if isinstance(f, sp.Sum)]
+            if len(sums) != 1 or self.ivars(expr / sums[0]):
+                return False
+            s, coeff = sums[0], expr / sums[0]
+        if not isinstance(s, sp.Sum) or not idx:
+            return False
+        lims = [tuple(l) for l in s.limits]
+        if any(lo != 0 or (hi.free_symbols & set(self.extents)) for v, lo, hi in lims):
+            return False
+        K = [v for v, lo, hi in lims]
+        earlier = False
+        for ix in s.function.atoms(sp.Indexed):
+            pos = {i: n for n, i in enumerate(ix.indices)}
+            kp = [pos[k] for k in K if k in pos]
+            tp = [pos[t] for t in idx if t in pos]
+            if kp and tp and min(kp) < max(tp):
+                earlier = True
+        if not earlier:
+            return False
+        for v, lo, hi in lims:
+            self.extents.setdefault(v, hi - lo + 1)
+        order = lims + [(v, 0, self.extents[v] - 1) for v in idx]
+        self.out.stmts.append(Nest(target, tuple(idx), order, coeff * s.function, accumulate=True,
+                                   note="reduction over a leading axis"))
+        return True
+
+
+def _merge(self_, expr):
+    return expr
+
+
+def _reads(st, name):
+    if isinstance(st, Dot):
+        return st.a == name or st.b == name
+    return any(str(ix.base.label) == name for ix in st.expr.atoms(sp.Indexed)) and \
+        not (st.target == name and st.note == "scale")
+
+
+def _scaled(stmts, name):
+    return any(isinstance(st, Nest) and st.target == name and st.note == "scale" for st in stmts)
+
+
+def _ordered(expr, vars_):
+    """vars_ in the order they appear in expr's highest-rank plain reads."""
+    seen = []
+    for ix in sorted(expr.atoms(sp.Indexed), key=lambda x: (-len(x.indices), str(x.base.label))):
+        for i in ix.indices:
+            if i in vars_ and i not in seen:
+                seen.append(i)
+    for v in sorted(vars_, key=str):
+        if v not in seen:
+            seen.append(v)
+    return tuple(seen)
+
+
+def natural_order(f, want, batch, groups):
+    """Index order for materializing operand f: batch first, then its groups in the order its
+    reads keep them (so two kernels needing the same operand share one temporary)."""
+    seq = _ordered(f, want)
+    rest = [i for i in seq if i not in batch]
+    g0 = set(groups[0])
+    first = g0 if rest and rest[0] in g0 else set(groups[1])
+    second = set(groups[0]) | set(groups[1])
+    second -= first
+    return tuple(batch) + tuple(i for i in rest if i in first) + tuple(i for i in rest if i in second)
+
+
+def _canon_bound(expr):
+    """Rename bound indices to _b0, _b1, ... in traversal order."""
+    counter = itertools.count()
+
+    def walk(e):
+        if isinstance(e, sp.Sum):
+            body = e.function
+            lims = []
+            for v, lo, hi in e.limits:
+                nv = sp.Symbol(f"_b{next(counter)}", integer=True)
+                body = body.xreplace({v: nv})
+                lims.append((nv, lo, hi))
+            return sp.Sum(walk(body), *lims)
+        if isinstance(e, MaxOver):
+            body, v, lo, hi = e.args
+            nv = sp.Symbol(f"_b{next(counter)}", integer=True)
+            return MaxOver(walk(body.xreplace({v: nv})), nv, lo, hi)
+        if isinstance(e, (sp.Indexed, sp.IndexedBase)) or not e.args:
+            return e
+        return e.func(*[walk(a) for a in e.args])
+
+    return walk(expr)
+
+
+__all__ = ["Nest", "Dot", "Temp", "Lowered", "Lowerer", "reductions", "red_limits", "red_body",
+           "Iverson"]
