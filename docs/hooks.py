@@ -1,0 +1,117 @@
+"""MkDocs hook (mkdocs.yml: `hooks: [docs/hooks.py]`): generates the per-layer and per-optimizer
+pages from derive/ at build time and installs the local MathJax.
+
+- on_pre_build: MathJax 3 is copied into docs/assets/mathjax/ from the npm package when missing
+  (docs/fetch_assets.py); no CDN is ever used.
+- on_files: docs/sitegen generates layers/*.md and optimizers/*.md (never written to disk) and
+  expands the `Layers` and `Optimizers` nav entries into one entry per page. A layer whose
+  derivation raises, or whose numeric gradient check fails, is reported as a warning, so
+  `mkdocs build --strict` fails loudly instead of skipping it; its page shows the error.
+- on_page_markdown: `<!-- symgrad:cli-help -->` in a hand-written page becomes `symgrad --help`.
+
+Environment: SYMGRAD_DOCS_LAYERS=a,b restricts the generated layers (development only).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mkdocs.exceptions import PluginError
+from mkdocs.structure.files import File
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+
+
+def _paths():
+    """docs/ (for sitegen, fetch_assets) and the repository root (for derive/, compiled/,
+    models/ in a checkout that is not pip-installed) on sys.path. MkDocs restores sys.path after
+    loading a hook, so this runs again before each import."""
+    for p in (str(ROOT), str(DOCS)):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+_paths()
+import fetch_assets  # noqa: E402  (docs/fetch_assets.py)
+import sitegen  # noqa: E402  (docs/sitegen/)
+
+log = logging.getLogger("mkdocs.hooks.symgrad")
+
+_cache: dict = {}  # one generation per process (mkdocs serve rebuilds reuse it)
+CLI_MARKER = "<!-- symgrad:cli-help -->"
+
+
+def on_pre_build(config):
+    try:
+        fetch_assets.ensure(log=log.info)
+    except fetch_assets.AssetError as e:
+        raise PluginError(f"symgrad docs: MathJax assets: {e}") from None
+
+
+def _site():
+    if "site" not in _cache:
+        _paths()
+        only = [n for n in os.environ.get("SYMGRAD_DOCS_LAYERS", "").split(",") if n.strip()]
+        _cache["site"] = sitegen.generate(only or None)
+        s = _cache["site"]
+        log.info(f"symgrad: generated {len(s.pages)} pages ({len(s.layers)} layers) "
+                 f"in {s.seconds:.1f} s")
+    return _cache["site"]
+
+
+def _expand_nav(nav, site):
+    """Replace `Layers: layers/index.md` and `Optimizers: optimizers/index.md` with sections."""
+    out = []
+    for entry in nav or []:
+        if isinstance(entry, dict) and len(entry) == 1:
+            (title, target), = entry.items()
+            if target == "layers/index.md":
+                entry = {title: ["layers/index.md", *site.layer_nav]}
+            elif target == "optimizers/index.md":
+                entry = {title: ["optimizers/index.md", *site.optimizer_nav]}
+            elif isinstance(target, list):
+                entry = {title: _expand_nav(target, site)}
+        out.append(entry)
+    return out
+
+
+def on_files(files, config):
+    site = _site()
+    for path, content in site.pages.items():
+        existing = files.get_file_from_path(path)
+        if existing is not None:
+            raise PluginError(f"symgrad docs: docs/{path} is generated; remove the hand-written file")
+        files.append(File.generated(config, path, content=content))
+    config["nav"] = _expand_nav(config["nav"], site)
+    for w in site.warnings:
+        log.warning(w)
+    return files
+
+
+def _cli_help() -> str:
+    cmd = [sys.executable, "-c", "import sys, symgrad.cli as c; sys.exit(c.main(['--help']))"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        proc = None
+    if proc is not None and proc.returncode == 0 and proc.stdout.strip():
+        return "```text\n$ symgrad --help\n" + proc.stdout.rstrip() + "\n```\n"
+    why = "timed out" if proc is None else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return ('!!! info "`symgrad --help` is not available in this build"\n\n'
+            f"    The command line (`symgrad.cli`) could not print its help: `{why}`.\n")
+
+
+def on_page_markdown(markdown, page, config, files):
+    if CLI_MARKER in markdown:
+        if "cli" not in _cache:
+            t0 = time.perf_counter()
+            _cache["cli"] = _cli_help()
+            log.debug(f"symgrad: CLI help in {time.perf_counter() - t0:.1f} s")
+        markdown = markdown.replace(CLI_MARKER, _cache["cli"])
+    return markdown

@@ -1,0 +1,493 @@
+"""Markdown for the generated pages: one per layer, the layer index, one per optimizer.
+
+Every formula comes from a Derivation's recorded steps (`Step.latex`), every plain-text line
+from `Step.text`: the pages print the same records as `symgrad derive` and the kernel printer
+read, so they cannot drift from the code. Nothing here knows any layer's gradient.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import textwrap
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sympy as sp
+
+from . import costs, gradcheck
+
+KIND_LABEL = {
+    "definition": "Definition",
+    "partial": "Local partial",
+    "chain": "Chain rule",
+    "inlined": "Inlined",
+    "simplified": "Simplified",
+}
+
+_DOUBLE_SUB = re.compile(r"((?:\\[A-Za-z]+|[A-Za-z][A-Za-z0-9]*)_\{[^{}]*\})_\{")
+
+
+def tex(s: str) -> str:
+    """Make a Step.latex string valid TeX for MathJax.
+
+    The chain-rule steps name accumulated gradients `g_x`, which SymPy prints as `g_{x}`; indexed,
+    that becomes `g_{x}_{p,q}`, a double subscript that TeX rejects. Brace the base:
+    `{g_{x}}_{p,q}`."""
+    prev = None
+    while prev != s:
+        prev, s = s, _DOUBLE_SUB.sub(r"{\1}_{", s)
+    return s
+
+
+_TEXT_ESCAPES = {ord(c): f"&#{ord(c)};" for c in "&<>\\*_$[]`#|{}"}
+
+
+def text(s: str) -> str:
+    """Plain text (a docstring, a note) safe inside Markdown: no emphasis, links, tables or math."""
+    return s.translate(_TEXT_ESCAPES)
+
+
+def math_block(latex: str) -> str:
+    return f"$$\n{tex(latex)}\n$$\n"
+
+
+def inline(latex: str) -> str:
+    return f"${tex(latex)}$"
+
+
+def shape_tex(shape) -> str:
+    if not shape:
+        return r"\text{scalar}"
+    return r" \times ".join(sp.latex(sp.sympify(s)) for s in shape)
+
+
+def number(n: int) -> str:
+    """1234567 -> '1 234 567' (thin spaces read well in tables)."""
+    return f"{n:,}".replace(",", "\u2009")
+
+
+def size(nbytes: int) -> str:
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes} B"
+
+
+def indent(s: str, n: int = 4) -> str:
+    return textwrap.indent(s, " " * n)
+
+
+# --- the kernel ---------------------------------------------------------------------------
+
+@dataclass
+class Kernel:
+    source: str | None
+    path: str | None
+    reason: str | None  # why there is no source
+
+
+def kernel_source(name: str, dtype: str = "float64") -> Kernel:
+    """The generated Numba source of a layer, from `compiled.kernels(name, dtype).source_path`."""
+    try:
+        import compiled
+    except Exception as e:  # not written yet, or broken: say so on the page
+        return Kernel(None, None, f"`compiled` is not importable: {type(e).__name__}: {e}")
+    try:
+        k = compiled.kernels(name, dtype=dtype)
+        path = getattr(k, "source_path", None)
+        if not path:
+            return Kernel(None, None, f"`compiled.kernels({name!r})` has no `source_path`")
+        return Kernel(Path(path).read_text(), str(path), None)
+    except Exception as e:
+        return Kernel(None, None, f"`compiled.kernels({name!r}, dtype={dtype!r})` raised "
+                                  f"{type(e).__name__}: {e}")
+
+
+# --- one layer ----------------------------------------------------------------------------
+
+@dataclass
+class LayerInfo:
+    """Everything a layer page shows, computed once per build."""
+
+    name: str
+    derivation: object = None
+    error: str | None = None         # derive.layer(name) raised: the traceback
+    forward: costs.Cost | None = None
+    backward: costs.Cost | None = None
+    cost_error: str | None = None
+    check: gradcheck.CheckResult | None = None
+    check_missing: str | None = None  # derive.reference absent
+    check_error: str | None = None    # the check raised
+    kernel: Kernel | None = None
+    used_by: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        if self.derivation is None:
+            return ""
+        doc = (self.derivation.doc or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+
+def analyse(name: str, derive) -> LayerInfo:
+    info = LayerInfo(name)
+    try:
+        d = derive.layer(name)
+    except Exception:
+        info.error = traceback.format_exc()
+        info.warnings.append(f"derive.layer({name!r}) raised; its page shows the traceback:\n"
+                             f"{info.error}")
+        return info
+    info.derivation = d
+    try:
+        info.forward = costs.forward_cost(d)
+        info.backward = costs.backward_cost(d)
+    except Exception:
+        info.cost_error = traceback.format_exc()
+        info.warnings.append(f"{name}: counting FLOPs failed:\n{info.cost_error}")
+    try:
+        info.check = gradcheck.run(d)
+        if not info.check.ok:
+            bad = [a for a in info.check.args if not a.ok]
+            info.warnings.append(
+                f"{name}: numeric gradient check FAILED for "
+                + "; ".join(f"d{a.arg} at {a.worst_index}: finite difference {a.fd!r}, derived {a.vjp!r}"
+                            for a in bad))
+    except gradcheck.ReferenceMissing as e:
+        info.check_missing = str(e)
+    except Exception:
+        info.check_error = traceback.format_exc()
+        info.warnings.append(f"{name}: the numeric gradient check raised:\n{info.check_error}")
+    info.kernel = kernel_source(name)
+    return info
+
+
+def _args_table(d) -> str:
+    rows = ["| argument | role | shape | gradient |", "|---|---|---|---|"]
+    for a in d.arguments:
+        if a.role == "const":
+            grad = f"constant, default `{a.default}`"
+        elif a.name in d.grads:
+            grad = f"`d{a.name}`, derived below"
+        elif a.integer:
+            grad = "none (integer)"
+        else:
+            grad = "none"
+        rows.append(f"| `{a.name}` | {a.role} | {inline(shape_tex(a.shape))} | {grad} |")
+    return "\n".join(rows) + "\n"
+
+
+def plain_text(d) -> str:
+    """The derivation as `symgrad derive NAME` prints it (its own renderer when importable)."""
+    try:
+        from symgrad.derive_cmd import render_text
+        return render_text(d)
+    except Exception:
+        return "\n".join(f"{s.kind:<11} {s.text}" for s in d.steps)
+
+
+def _derivation_section(d) -> str:
+    out = []
+    out.append("## Forward definition\n")
+    out.append("Each named intermediate is a binding; the chain rule runs backwards over them.\n")
+    for s in d.steps_of("definition"):
+        out.append(math_block(s.latex))
+    for note in d.graph.notes:
+        out.append('!!! note "Numerically stable form"\n\n' + indent(text(note)) + "\n")
+
+    ups = ", ".join(f"`{d.upstream(o.name)}` $= \\partial L / \\partial {sp.latex(sp.Symbol(o.name))}$"
+                    for o in d.outputs)
+    out.append("## Backward, step by step\n")
+    out.append(f"The upstream gradient is {ups}. Each step below is a record of the derivation, "
+               "in the order the chain rule produced it: a **local partial** of one binding, "
+               "a **chain rule** product that sums the upstream gradient against it (`g_z` is "
+               "the gradient reaching `z`), the gradient of an argument with the intermediate "
+               "gradients **inlined**, and the **simplified** result, which reads the saved "
+               "forward values.\n")
+    n = 0
+    for s in d.steps:
+        if s.kind == "definition":
+            continue
+        n += 1
+        label = KIND_LABEL.get(s.kind, s.kind)
+        out.append(f'<p class="symgrad-step-kind">{n}. {label} &middot; {text(s.about)}</p>\n')
+        out.append(math_block(s.latex))
+        if s.note:
+            out.append(text(s.note) + "\n")
+
+    out.append("## Result\n")
+    out.append('<div class="symgrad-result" markdown>\n')
+    for s in d.steps_of("simplified"):
+        out.append(math_block(s.latex))
+    out.append("</div>\n")
+    plain = plain_text(d)
+    out.append(f'??? example "The same derivation as plain text (`symgrad derive {d.name}`)"\n\n'
+               + indent("```text\n" + plain + "\n```") + "\n")
+    return "\n".join(out)
+
+
+def _kernel_section(info: LayerInfo) -> str:
+    k = info.kernel
+    out = ["## Generated kernel\n"]
+    if k is not None and k.source is not None:
+        out.append(f"Printed by `compiled/` from the derivation above (float64 build; the float32 "
+                   f"kernels come from the same source). File: `{Path(k.path).name}`.\n")
+        out.append('<div class="symgrad-kernel" markdown>\n')
+        out.append("```python\n" + k.source.rstrip("\n") + "\n```\n")
+        out.append("</div>\n")
+    else:
+        reason = k.reason if k is not None else "not looked up"
+        out.append('<div class="symgrad-kernel-missing" markdown>\n')
+        out.append('!!! warning "Kernel source not available in this build"\n\n'
+                   + indent("The generated Numba kernel is shown here when `compiled.kernels("
+                            f"\"{info.name}\", dtype=\"float64\").source_path` works. This build: "
+                            + reason.replace("\n", " ")) + "\n")
+        out.append("</div>\n")
+    return "\n".join(out)
+
+
+def _cost_section(info: LayerInfo) -> str:
+    d = info.derivation
+    out = ["## Cost\n"]
+    if info.cost_error:
+        out.append('!!! failure "Counting FLOPs failed"\n\n'
+                   + indent("```text\n" + info.cost_error + "```") + "\n")
+        return "\n".join(out)
+    dims = costs.example_dims(d.graph.dims_)
+    shape = ", ".join(f"{inline(sp.latex(k))} = {v}" for k, v in dims.items())
+    out.append(f"Counted from the SymPy expressions (forward: the bindings; backward: the "
+               f"simplified gradients), at the example shape {shape}. Memory is compulsory "
+               f"traffic in float32 (4 bytes): each tensor read once and each result written "
+               f"once. [How the counts are made](index.md#how-costs-are-counted).\n")
+    out.append("| pass | FLOPs | at the example shape | read | written | FLOP/byte |")
+    out.append("|---|---|---|---|---|---|")
+    for label, c in (("forward", info.forward), ("backward", info.backward)):
+        num = c.at(dims)
+        rd, wr = c.bytes_at(dims, "float32")
+        ai = f"{num['flops'] / (rd + wr):.2f}" if rd + wr else "&ndash;"
+        out.append(f"| {label} | {inline(sp.latex(c.flops))} | {number(num['flops'])} | "
+                   f"{size(rd)} | {size(wr)} | {ai} |")
+    out.append("")
+    rows = ["| result | FLOPs | at the example shape |", "|---|---|---|"]
+    for label, c in (("forward", info.forward), ("backward", info.backward)):
+        num = c.at(dims)["per_output"]
+        for k, f in c.per_output.items():
+            rows.append(f"| {label} `{k}` | {inline(sp.latex(f))} | {number(num[k])} |")
+    reads = ", ".join(f"`{k}`" for k in info.backward.read)
+    out.append('??? info "Per result, and what the backward reads"\n\n'
+               + indent("\n".join(rows) + f"\n\nThe backward pass reads {reads or 'nothing'}.")
+               + "\n")
+    return "\n".join(out)
+
+
+def _check_section(info: LayerInfo) -> str:
+    out = ["## Numeric gradient check\n"]
+    if info.check_missing:
+        out.append('!!! warning "Not run in this build"\n\n'
+                   + indent(f"The check needs `derive.reference.forward` and `derive.reference.vjp`: "
+                            f"{info.check_missing}.") + "\n")
+        return "\n".join(out)
+    if info.check_error:
+        out.append('!!! failure "The check raised"\n\n'
+                   + indent("```text\n" + info.check_error + "```") + "\n")
+        return "\n".join(out)
+    c = info.check
+    dims = ", ".join(f"{inline(sp.latex(sp.Symbol(k)))} = {v}" for k, v in c.dims.items())
+    verdict = "passed" if c.ok else "FAILED"
+    kind = "success" if c.ok else "failure"
+    out.append(f'!!! {kind} "Finite differences {verdict} (float64, run when this site was built)"\n\n'
+               + indent(f"Random arguments and upstream gradient (seed {c.seed}) at {dims}; central "
+                        f"differences with $h = 10^{{-6}}$ of $L = \\sum g \\cdot y$ against the "
+                        f"derived VJP evaluated by `derive.reference`, within "
+                        f"$10^{{-6}} + 10^{{-5}}\\,|\\text{{fd}}|$.") + "\n")
+    out.append("| argument | shape | elements checked | max abs error | max rel error | result |")
+    out.append("|---|---|---|---|---|---|")
+    for a in c.args:
+        res = "ok" if a.ok else (f"**{a.failures} off**: at {a.worst_index} finite difference "
+                                 f"{a.fd:.6g}, derived {a.vjp:.6g}")
+        shape = " &times; ".join(str(s) for s in a.shape) or "scalar"
+        out.append(f"| `d{a.arg}` | {shape} | {a.checked} | {a.max_abs_err:.1e} | "
+                   f"{a.max_rel_err:.1e} | {res} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def layer_page(info: LayerInfo, known: set) -> str:
+    name = info.name
+    out = [f"# {name}\n"]
+    if info.derivation is None:
+        out.append(f'!!! failure "derive.layer(\\"{name}\\") raised"\n\n'
+                   + indent("```text\n" + (info.error or "") + "```") + "\n")
+        return "\n".join(out)
+    d = info.derivation
+    if d.doc:
+        out.append(text(d.doc) + "\n")
+    out.append(_args_table(d))
+    outs = ", ".join(f"`{o.name}` ({inline(shape_tex(o.shape))})" for o in d.outputs)
+    saved = ", ".join(f"`{t.name}`" for t in d.saved)
+    out.append(f"Output: {outs}. Saved by the forward pass for the backward: {saved}.\n")
+    uses = [u for u in getattr(d.graph, "uses", []) or []]
+    if uses:
+        out.append("This derivation reuses " + ", ".join(_link(u, known) for u in uses) + ".\n")
+    if info.used_by:
+        out.append("Used by " + ", ".join(_link(u, known) for u in info.used_by) + ".\n")
+    out.append(_derivation_section(d))
+    out.append(_kernel_section(info))
+    out.append(_cost_section(info))
+    out.append(_check_section(info))
+    return "\n".join(out)
+
+
+def _link(name: str, known: set) -> str:
+    # A link to a page that is not generated is left for mkdocs --strict to report.
+    return f"[{name}]({name}.md)"
+
+
+HOW_COSTS = """\
+## How costs are counted
+
+FLOPs are counted from the SymPy expression of each forward binding and each simplified gradient,
+as a kernel with common-subexpression elimination would evaluate it:
+
+- each distinct subexpression is computed once per point of the loops it depends on, so a row sum
+  inside an elementwise expression counts once per row, and a triangular (causal) range counts
+  exactly;
+- $a+b$, $a\\cdot b$ and $a/b$ are one FLOP each, a negation is free, $x^k$ is $k-1$
+  multiplications, any other power, `exp`, `log`, `tanh` or comparison is one, a sum over $E$
+  terms is $E-1$ additions, a max over $E$ terms is $E-1$ comparisons.
+
+Memory is compulsory traffic: each tensor the expressions read is read once and each result
+written once, in float32. The example shape is the reference workload's (nanoGPT "baby
+shakespeare" on a CPU): {dims}; any other dim is {default}.
+"""
+
+
+def index_page(infos: list[LayerInfo]) -> str:
+    out = ["# Layers\n",
+           "One page per built-in layer, generated when this site was built from the layer's "
+           "`derive/` definition: the forward definition, every step of the chain rule, the "
+           "simplified gradient, the Numba kernel printed from it, its cost, and a numeric "
+           "gradient check.\n",
+           "| layer | what it computes | backward FLOPs (example shape) | gradient check |",
+           "|---|---|---|---|"]
+    for info in infos:
+        if info.derivation is None:
+            out.append(f"| [{info.name}]({info.name}.md) | **derive.layer raised** | | |")
+            continue
+        fl = "&ndash;"
+        if info.backward is not None:
+            fl = number(info.backward.at(costs.example_dims(info.derivation.graph.dims_))["flops"])
+        if info.check is not None:
+            chk = "passed" if info.check.ok else "**FAILED**"
+        else:
+            chk = "not run" if info.check_missing else "**error**"
+        out.append(f"| [{info.name}]({info.name}.md) | {text(info.summary)} | {fl} | {chk} |")
+    out.append("")
+    dims = ", ".join(f"{k} = {v}" for k, v in costs.EXAMPLE_DIMS.items())
+    out.append(HOW_COSTS.format(dims=dims, default=costs.DEFAULT_DIM))
+    return "\n".join(out)
+
+
+# --- optimizers ---------------------------------------------------------------------------
+
+@dataclass
+class OptimizerInfo:
+    slug: str
+    cls: type
+    names: list
+    rule: str | None
+    derivation: object = None
+    error: str | None = None
+
+
+def discover_optimizers():
+    """(infos, reason): optimizer classes from models.optimizers (or models.optim), or why none.
+
+    Uses the module's OPTIMIZERS registry {name: class} when it has one, else every public class
+    with a `step` method defined in it."""
+    import importlib
+
+    mod, errors = None, []
+    for modname in ("models.optimizers", "models.optim"):
+        try:
+            mod = importlib.import_module(modname)
+            break
+        except Exception as e:
+            errors.append(f"{modname}: {type(e).__name__}: {e}")
+    if mod is None:
+        return [], "; ".join(errors)
+    registry = getattr(mod, "OPTIMIZERS", None)
+    if not isinstance(registry, dict):
+        registry = {n.lower(): c for n, c in vars(mod).items()
+                    if isinstance(c, type) and not n.startswith("_") and c.__module__ == mod.__name__
+                    and callable(getattr(c, "step", None)) and n != "Optimizer"}
+    by_cls: dict = {}
+    for name, cls in registry.items():
+        by_cls.setdefault(cls, []).append(name)
+    infos = []
+    for cls, names in by_cls.items():
+        rule = getattr(cls, "rule", None)
+        info = OptimizerInfo(cls.__name__.lower(), cls, names, rule if isinstance(rule, str) else None)
+        if info.rule:
+            try:
+                rules = importlib.import_module("models.rules")
+                info.derivation = rules.rule(info.rule)
+            except Exception:
+                info.error = traceback.format_exc()
+        infos.append(info)
+    return infos, None
+
+
+def optimizer_page(info: OptimizerInfo) -> str:
+    cls = info.cls
+    out = [f"# {cls.__name__}\n"]
+    names = ", ".join(f"`{n}`" for n in info.names)
+    out.append(f"`models.{cls.__name__}`; by name: {names}.\n")
+    doc = (cls.__doc__ or "").strip()
+    if doc and doc != (getattr(cls.__mro__[1], "__doc__", None) or "").strip():
+        out.append(text(doc) + "\n")
+    defaults = getattr(cls, "defaults", None)
+    if isinstance(defaults, dict) and defaults:
+        out.append("| hyper-parameter | default |\n|---|---|")
+        out.append("\n".join(f"| `{k}` | `{v}` |" for k, v in defaults.items()) + "\n")
+    if info.error:
+        out.append('!!! failure "Deriving the update rule raised"\n\n'
+                   + indent("```text\n" + info.error + "```") + "\n")
+    elif info.derivation is not None:
+        d = info.derivation
+        out.append("## Update rule\n")
+        out.append(f"The rule `{info.rule}` is a SymPy definition over one flat parameter vector "
+                   f"(`models/rules.py`), printed into one fused kernel that updates the parameter "
+                   f"and the state in place.\n")
+        if d.doc:
+            out.append(text(d.doc) + "\n")
+        for s in d.steps_of("definition"):
+            out.append(math_block(s.latex))
+        consts = [a for a in d.arguments if a.role == "const"]
+        if consts:
+            out.append("Constants of the rule: " + ", ".join(
+                f"{inline(sp.latex(a.symbol))} (`{a.name}`)" for a in consts) + ".\n")
+    return "\n".join(out)
+
+
+def optimizer_index(infos: list[OptimizerInfo], reason: str | None) -> str:
+    out = ["# Optimizers\n"]
+    if reason is not None:
+        out.append('!!! info "No optimizer pages in this build"\n\n'
+                   + indent("The pages are generated from `models.optimizers`, which could not be "
+                            f"imported: {text(reason)}") + "\n")
+        out.append("The update rules are described in [Gradient descent and its variants]"
+                   "(../guides/gradient-descent.md).\n")
+        return "\n".join(out)
+    out.append("One page per optimizer, generated from its update rule's SymPy definition. "
+               "[Gradient descent and its variants](../guides/gradient-descent.md) explains them "
+               "side by side.\n")
+    out.append("| optimizer | names | rule |\n|---|---|---|")
+    for i in infos:
+        out.append(f"| [{i.cls.__name__}]({i.slug}.md) | {', '.join(f'`{n}`' for n in i.names)} | "
+                   f"`{i.rule or ''}` |")
+    out.append("")
+    return "\n".join(out)
