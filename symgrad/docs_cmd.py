@@ -1,0 +1,104 @@
+"""`symgrad docs build|serve`: the derivation site (MkDocs, mkdocs.yml at the repository root).
+
+    symgrad docs build [--site-dir DIR] [--no-strict]   build into site/ (strict: any warning fails)
+    symgrad docs serve [--dev-addr 127.0.0.1:8000]      live preview
+
+The layer and optimizer pages are generated at build time by docs/hooks.py from derive/; MathJax
+is installed from the npm package into docs/assets/mathjax/ when missing (docs/fetch_assets.py).
+Needs a source checkout (mkdocs.yml and docs/) and the `docs` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "mkdocs.yml"
+# mkdocs-material and properdocs print notices about MkDocs 2 on every run; they are not ours.
+QUIET = {"NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
+
+
+class _BadInput(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _BadInput(message)
+
+
+def _parser():
+    p = _Parser(prog="symgrad docs", description="Build or serve the derivation site.")
+    sub = p.add_subparsers(dest="action", metavar="build|serve")
+    b = sub.add_parser("build", help="build the site (mkdocs build --strict)")
+    b.add_argument("--site-dir", default=None, help="output folder (default: site/)")
+    b.add_argument("--no-strict", action="store_true", help="do not fail on warnings")
+    s = sub.add_parser("serve", help="serve a live preview")
+    s.add_argument("--dev-addr", default="127.0.0.1:8000", help="address:port (default 127.0.0.1:8000)")
+    return p
+
+
+def mkdocs_command(action: str, site_dir=None, strict=True, dev_addr=None) -> list[str]:
+    cmd = [sys.executable, "-m", "mkdocs", action, "-f", str(CONFIG)]
+    if action == "build":
+        if strict:
+            cmd.append("--strict")
+        if site_dir:
+            cmd += ["-d", str(Path(site_dir).resolve())]
+    elif action == "serve" and dev_addr:
+        cmd += ["-a", dev_addr]
+    return cmd
+
+
+def environment() -> dict:
+    env = dict(os.environ, **QUIET)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except _BadInput as e:
+        print(f"symgrad docs: {e}", file=sys.stderr)
+        return 2
+    if args.action is None:
+        print("symgrad docs: choose build or serve (symgrad docs build --help)", file=sys.stderr)
+        return 2
+    if not CONFIG.exists() or not (ROOT / "docs" / "hooks.py").exists():
+        print(f"symgrad docs: needs a source checkout with mkdocs.yml and docs/ (looked in {ROOT})",
+              file=sys.stderr)
+        return 2
+    for mod, extra in (("mkdocs", "mkdocs"), ("material", "mkdocs-material")):
+        if importlib.util.find_spec(mod) is None:
+            print(f"symgrad docs: {extra} is not installed; pip install -e '.[docs]'", file=sys.stderr)
+            return 2
+    if args.action == "build":
+        cmd = mkdocs_command("build", args.site_dir, strict=not args.no_strict)
+    else:
+        cmd = mkdocs_command("serve", dev_addr=args.dev_addr)
+    t0 = time.perf_counter()
+    try:
+        rc = subprocess.call(cmd, cwd=ROOT, env=environment())
+    except KeyboardInterrupt:
+        return 130
+    if args.action == "build":
+        where = args.site_dir or ROOT / "site"
+        if rc == 0:
+            print(f"symgrad docs: built {where} in {time.perf_counter() - t0:.1f} s")
+        else:
+            print(f"symgrad docs: mkdocs build failed (exit {rc}); see the warnings above",
+                  file=sys.stderr)
+            return 1
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
