@@ -115,7 +115,7 @@ class ModuleBuilder:
                 spec.params.append(Param(a.name, "int_array" if a.integer else "array", a.shape))
         for dim in g.dims_:
             spec.params.append(Param(str(dim), "dim"))
-        arrays = {a.name: len(a.shape) for a in g.args if a.shape}
+        arrays = {a.name: tuple(a.shape) for a in g.args if a.shape}
         temps = []
         for b in g.bindings:
             if b.indices and b.save:
@@ -124,7 +124,7 @@ class ModuleBuilder:
                 temps.append(b)
             elif b.save:
                 spec.returns.append(b.name)
-            arrays[b.name] = len(b.indices)
+            arrays[b.name] = tuple(b.tensor.shape)
         low = Lowerer(dict(g.extents), arrays, blas=self.blas)
         for b in g.bindings:
             low.lower(b.name, tuple(b.indices), b.expr)
@@ -206,14 +206,14 @@ class ModuleBuilder:
                 idx.append(i)
             gidx[a] = tuple(idx)
             gexpr[a] = sp.sympify(d.grads[a]).xreplace(ren) if ren else sp.sympify(d.grads[a])
-        arrays = {p.name: len(p.shape) for p in spec.params if p.kind in ("array", "int_array")}
+        arrays = {p.name: tuple(p.shape) for p in spec.params if p.kind in ("array", "int_array")}
         for a in d.grads:
             t = g.tensor(a)
             if t.shape:
                 spec.params.append(Param("d" + a, "out", t.shape))
             else:
                 spec.returns.append("d" + a)
-            arrays["d" + a] = len(t.shape)
+            arrays["d" + a] = tuple(t.shape)
         low = Lowerer(extents, arrays, blas=self.blas)
         for a in d.grads:
             low.lower("d" + a, gidx[a] if g.tensor(a).shape else (), gexpr[a])

@@ -105,7 +105,7 @@ class Lowerer:
 
     def __init__(self, extents: dict, arrays: dict, blas: bool = True):
         self.extents = dict(extents)
-        self.arrays = arrays  # name -> rank of every array the kernel can read (args, saved, upstream)
+        self.arrays = arrays  # name -> symbolic shape of every array the kernel can read (args, saved, upstream)
         self.blas = blas
         self.out = Lowered()
         self.temp_keys = {}  # canonical key -> (temp name, order)
@@ -172,7 +172,7 @@ class Lowerer:
         name = f"{stem}{next(self.counter)}"
         self.temp_keys[key] = (name, tuple(order))
         self.out.temps.append(Temp(name, tuple(self.extents[v] for v in order)))
-        self.arrays[name] = len(order)
+        self.arrays[name] = tuple(self.extents[v] for v in order)
         self.lower(name, tuple(order), expr)
         return sp.IndexedBase(name, real=True)[tuple(order)], True
 
@@ -329,11 +329,20 @@ class Lowerer:
         want = set(batch) | set(inner[0]) | set(inner[1])
         if isinstance(f, sp.Indexed) and all(isinstance(i, sp.Symbol) for i in f.indices) \
                 and len(set(f.indices)) == len(f.indices) and set(f.indices) == want \
-                and self.layout_ok(f.indices, batch, inner):
+                and self.full_axes(f) and self.layout_ok(f.indices, batch, inner):
             return str(f.base.label), tuple(f.indices)
         order = natural_order(f, want, batch, inner)
         ref, _ = self.temp(f, order, "op")
         return str(ref.base.label), tuple(order)
+
+    def full_axes(self, f):
+        """Every index of the read runs over its whole axis (W[k,q,u] with k < I of an (H+I)-row
+        W is a block, not the array: it is copied into a temporary instead)."""
+        shape = self.arrays.get(str(f.base.label))
+        if shape is None or len(shape) != len(f.indices):
+            return False
+        return all(sp.simplify(sp.sympify(self.extents[i]) - sp.sympify(s)) == 0
+                   for i, s in zip(f.indices, shape))
 
     @staticmethod
     def layout_ok(idx, batch, groups):
@@ -382,7 +391,7 @@ class Lowerer:
         name = f"mm{next(self.counter)}"
         self.temp_keys[key] = (name, order)
         self.out.temps.append(Temp(name, tuple(self.extents[v] for v in order)))
-        self.arrays[name] = len(order)
+        self.arrays[name] = tuple(self.extents[v] for v in order)
         self.emit_dot(name, order, coeff, A, B, batch, M, N, K)
         return sp.IndexedBase(name, real=True)[order]
 
