@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +64,29 @@ def environment() -> dict:
     return env
 
 
+def _run(cmd) -> int:
+    """Run mkdocs as a child; Ctrl-C or SIGTERM stops the child too (no orphaned server)."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() \
+        else None
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=environment())
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -85,10 +110,9 @@ def main(argv=None) -> int:
     else:
         cmd = mkdocs_command("serve", dev_addr=args.dev_addr)
     t0 = time.perf_counter()
-    try:
-        rc = subprocess.call(cmd, cwd=ROOT, env=environment())
-    except KeyboardInterrupt:
-        return 130
+    rc = _run(cmd)
+    if rc == 130:
+        return rc
     if args.action == "build":
         where = args.site_dir or ROOT / "site"
         if rc == 0:
