@@ -22,7 +22,7 @@ def grad_norm(params) -> float:
     total = 0.0
     for p in params:
         op = _op("sumsq", p.grad.dtype)
-        total += float(op.k.forward(g=p.grad.reshape(-1))["s"])
+        total += float(op.k.forward(grad=p.grad.reshape(-1))["s"])
     return math.sqrt(total)
 
 
@@ -83,7 +83,7 @@ class Optimizer:
                   if k in self._consts}
         k = self._op.k
         for i, p in enumerate(self.params):
-            args = {"p": p.data.reshape(-1), "g": p.grad.reshape(-1)}
+            args = {"p": p.data.reshape(-1), "grad": p.grad.reshape(-1)}
             out = {"p_new": args["p"]}
             for s, bufs in self.state.items():
                 args[s] = bufs[i].reshape(-1)

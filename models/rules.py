@@ -1,11 +1,11 @@
 """Optimizer update rules, each written once as a SymPy definition and printed into one fused kernel.
 
-A rule is a `derive.Graph` over one flat parameter vector: inputs `p` (the parameter), `g` (its
+A rule is a `derive.Graph` over one flat parameter vector: inputs `p` (the parameter), `grad` (its
 gradient) and the optimizer state (`v`, `m`, ...), scalar constants (`lr`, `beta1`, `t`, ...),
 and bindings that are the new values (`p_new`, `m_new`, ...). The optimizer calls the kernel
 with the output buffers aliased to the inputs, so the update happens in place in one pass.
 
-Every rule reads the gradient through `gs = clip * g[i]`, where `clip` is the global-norm
+Every rule reads the gradient through `gs = clip * grad[i]`, where `clip` is the global-norm
 clipping coefficient (1 when clipping is off), so clipping costs no extra pass.
 
 Conventions follow PyTorch's `torch.optim` (momentum without dampening, Nesterov as
@@ -24,7 +24,7 @@ import derive
 def _start(G):
     (n,) = G.dims("n")
     p = G.input("p", (n,))
-    g = G.input("g", (n,))
+    g = G.input("grad", (n,))
     (i,) = G.indices(i=n)
     return n, p, g, i
 
@@ -109,7 +109,7 @@ def adamw(G):
 def sumsq(G):
     """Sum of squares of a vector (the gradient's squared norm, for global-norm clipping)."""
     (n,) = G.dims("n")
-    g = G.input("g", (n,))
+    g = G.input("grad", (n,))
     (i,) = G.indices(i=n)
     s = G.bind("s", (), G.sum(g[i] ** 2, i))
     G.output(s)

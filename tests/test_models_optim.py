@@ -49,7 +49,7 @@ def test_update_rule_kernel_matches_numpy_reference_of_one_step(rule):
     st = {s: np.abs(rng.standard_normal(n)) for s in rules.STATE[rule]}
     op = Op(rules.rule(rule), "float64")
     consts = {c.name: HYPER[c.name] for c in op.derivation.constants}
-    got = op.k.forward(p=p.copy(), g=g.copy(), **{s: a.copy() for s, a in st.items()}, **consts)
+    got = op.k.forward(p=p.copy(), grad=g.copy(), **{s: a.copy() for s, a in st.items()}, **consts)
     want_p, want_st = numpy_step(rule, p, g, st, HYPER)
     np.testing.assert_allclose(got["p_new"], want_p, rtol=1e-12, atol=1e-14, err_msg=f"{rule}: p_new")
     for s, a in want_st.items():
