@@ -5,7 +5,8 @@
     >>> print(d.grad("x"))          # dx[i,j] = s[i,j]*(g[i,j] - Sum(g[i,j']*s[i,j']))
 
 Public API: `layers()`, `layer(name)`, `define(name, build)`, `Graph`, `Derivation`,
-`DeriveError`, and the reference evaluator `reference` (float64 NumPy).
+`DeriveError`, `verify(target, wrt, candidate)` for hand-derived gradients, and the float64
+NumPy reference evaluator `derive.reference`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from .derivation import Derivation, derive_graph
 from .errors import DeriveError
 from .functions import Iverson, MaxOver
 from .graph import Graph, Tensor
+from .verify import VerifyReport, candidate_symbols, verify
 
 __all__ = ["layers", "layer", "define", "Graph", "Tensor", "Derivation", "DeriveError",
-           "Iverson", "MaxOver", "derive_all"]
+           "Iverson", "MaxOver", "derive_all", "verify", "VerifyReport", "candidate_symbols"]
 
 _cache: dict[str, Derivation] = {}
 

@@ -76,6 +76,7 @@ class ChainRule:
         self.steps: list[Step] = []
         self.tidx = {t.name: _target_indices(graph, t) for t in graph.tensors()}
         self.adjoint = {}  # tensor name -> expression in its target indices, reading consumers' g_*
+        self.folded = {}  # binding name -> its adjoint through the saved bindings (see through_unsaved)
 
     def adj_ref(self, name, idx, base=None):
         t = self.g.tensor(name)
@@ -108,7 +109,11 @@ class ChainRule:
         at = tuple(sp.Symbol(n, integer=True) for n in names[: len(t.shape)])
         target = t.ref(at)
         shown = fold_definitions(deltas.piecewise_to_iverson(sp.diff(b.expr, target)), self.g)
-        return Step("partial", b.name, sp.Derivative(b.lhs, target), deltas.canonical_names(shown))
+        return Step("partial", b.name, sp.Derivative(b.lhs, target), self.named(shown))
+
+    def named(self, expr):
+        """expr with readable bound-index names that no tensor of the layer has."""
+        return deltas.canonical_names(expr, avoid={t.name for t in self.g.tensors()})
 
     def extents(self, name):
         """Extents of the target indices of tensor `name`."""
@@ -127,7 +132,7 @@ class ChainRule:
             self.adjoint[b.name] = sp.Add(*contrib[b.name])
             if adjoint_name(g, b.name) != upstream_name(g, b.name) or len(contrib[b.name]) > 1:
                 self.steps.append(Step("chain", b.name, self.adj_ref(b.name, self.tidx[b.name]),
-                                       deltas.canonical_names(self.adjoint[b.name])))
+                                       self.named(self.adjoint[b.name])))
                 self.through_unsaved(b)
             for t in g.tensors():
                 if t.name == b.name or not reads(b.expr, t):
@@ -145,10 +150,10 @@ class ChainRule:
                 continue
             raw = sp.Add(*contrib[t.name])
             self.steps.append(Step("chain", t.name, self.adj_ref(t.name, self.tidx[t.name]),
-                                   deltas.canonical_names(raw)))
+                                   self.named(raw)))
             inlined = self.inline(raw, t.name)
-            self.steps.append(Step("inlined", t.name, self.grad_lhs(t), deltas.canonical_names(inlined)))
-            grads[t.name] = deltas.canonical_names(fold(inlined, g))
+            self.steps.append(Step("inlined", t.name, self.grad_lhs(t), self.named(inlined)))
+            grads[t.name] = self.named(fold(inlined, g))
             self.steps.append(Step("simplified", t.name, self.grad_lhs(t), grads[t.name]))
         return grads, self.steps
 
@@ -162,8 +167,9 @@ class ChainRule:
             return
         unsaved = {c.name for c in self.g.bindings if not c.save}
         expr = fold(self.inline(self.adjoint[b.name], b.name, only=unsaved), self.g)
+        self.folded[b.name] = expr
         self.steps.append(Step("chain", b.name, self.adj_ref(b.name, self.tidx[b.name]),
-                               deltas.canonical_names(expr), note="through the saved bindings"))
+                               self.named(expr), note="through the saved bindings"))
 
     def grad_lhs(self, t: Tensor):
         idx = self.tidx[t.name]
@@ -185,7 +191,10 @@ class ChainRule:
             sub = {}
             for a in hits:
                 name = names[_label(a)]
-                body = deltas.rename_bound(self.adjoint[name])
+                # a folded adjoint keeps its factored form: attention's P * (g_P - sum_l P g_P)
+                # cancels where the expanded form would subtract two large products
+                body = deltas.rename_bound(self.folded.get(name, self.adjoint[name]) if only is None
+                                           else self.adjoint[name])
                 if isinstance(a, sp.Indexed):
                     body = body.xreplace(dict(zip(self.tidx[name], a.indices)))
                 sub[a] = body

@@ -148,6 +148,8 @@ def eliminate_deltas(expr, extents: dict):
 
 
 def _absorb(body, limits, extents):
+    if not body.has(sp.KroneckerDelta):
+        return make_sum(body, limits)  # nothing to absorb: keep the factored form
     out = []
     for term in sp.Add.make_args(sp.expand_mul(body)):
         lims = list(limits)
@@ -179,9 +181,10 @@ def _resolve_brackets(term, extents):
                         lambda e: sp.Integer(1))
 
 
-def canonical_names(expr, pool=("j", "k", "l", "m", "r", "u", "w", "a", "c", "e")):
-    """Rename bound indices to short readable names that clash with nothing free."""
-    taken = {str(s) for s in expr.free_symbols}
+def canonical_names(expr, avoid=(), pool=("j", "k", "l", "m", "r", "u", "w", "a", "c", "e")):
+    """Rename bound indices to short readable names that clash with nothing free and with no
+    name in `avoid` (a layer's tensor names: a sum over `k` beside a tensor `k` reads badly)."""
+    taken = {str(s) for s in expr.free_symbols} | set(avoid)
     return _canon(expr, pool, taken)
 
 

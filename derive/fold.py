@@ -46,15 +46,18 @@ def replace_reads(expr, name, fn, scalar=False):
     return expr.replace(is_read, lambda e: fn(e.indices if isinstance(e, sp.Indexed) else ()))
 
 
-def tidy(expr):
+def tidy(expr, refold=lambda e: e):
     """The shorter of two clean forms: distributed-then-factored (where cancellations happen,
-    e.g. softmax's z) and as-is with only sums tidied (where expansion would only add terms, e.g.
-    GELU's chain of products)."""
-    expanded = sp.expand_mul(expr)
+    e.g. softmax's z) and as-is with constant factors moved out of sums (where expansion would
+    only add terms and lose the factored form, e.g. attention's P (g_P - sum_l P g_P)). `refold`
+    is applied to both before they are compared (layernorm's sum_k x[i,k] -> C mean[i] only shows
+    in the distributed form)."""
+    expanded = sp.expand_mul(sp.expand_multinomial(expr))
     expanded = expanded.replace(lambda e: isinstance(e, sp.Sum), _tidy_sum)
-    expanded = sp.factor_terms(sp.powsimp(expanded, combine="exp"))
-    kept = sp.factor_terms(expr.replace(lambda e: isinstance(e, sp.Sum), _tidy_sum))
-    return min((expanded, kept), key=sp.count_ops)
+    expanded = sp.factor_terms(refold(sp.powsimp(expanded, combine="exp")))
+    kept = sp.factor_terms(refold(expr.replace(lambda e: isinstance(e, sp.Sum),
+                                               lambda e: deltas.make_sum(e.function, e.limits))))
+    return min((kept, expanded), key=sp.count_ops)  # a tie keeps the unexpanded form
 
 
 def _tidy_sum(s):
@@ -160,11 +163,15 @@ def fold(expr, graph: Graph):
     """
     saved = [b for b in graph.bindings if b.save]
     inlined = set()  # bindings replaced by their definitions: never folded back
-    expr = tidy(fold_definitions(expr, graph))
+
+    def clean(e):
+        return tidy(fold_definitions(e, graph, inlined), lambda x: fold_definitions(x, graph, inlined))
+
+    expr = clean(expr)
     for _ in range(4 * len(graph.bindings) + 4):
         unsaved = referenced_bindings(expr, graph) - {b.name for b in saved}
         if not unsaved:
-            return tidy(fold_definitions(expr, graph, inlined))
+            return clean(expr)
         order = [b.name for b in graph.bindings]
         best = None  # (number of unsaved bindings left, expression)
         for name in unsaved:
@@ -174,18 +181,17 @@ def fold(expr, graph: Graph):
                 cand = _solve_for(graph, sb, name, expr)
                 if cand is None:
                     continue
-                cand = tidy(cand)
+                cand = clean(cand)
                 after = referenced_bindings(cand, graph) - {b.name for b in saved}
-                if not denominators(cand) <= denominators(expr):
+                if not denominators(sp.expand_mul(cand)) <= denominators(sp.expand_mul(expr)):
                     continue  # e.g. GELU's t = 2y/x - 1: a new division, NaN at x = 0
                 if after < unsaved and (best is None or len(after) < best[0]):
                     best = (len(after), cand)
         if best is not None:
-            expr = tidy(fold_definitions(best[1], graph, inlined))
+            expr = clean(best[1])
             continue
         name = max(unsaved, key=order.index)
         inlined.add(name)
         scalar = not graph.tensor(name).shape
-        expr = tidy(fold_definitions(
-            replace_reads(expr, name, lambda idx: instantiate(graph, name, idx), scalar), graph, inlined))
+        expr = clean(replace_reads(expr, name, lambda idx: instantiate(graph, name, idx), scalar))
     raise DeriveError(graph.name, "folding onto saved bindings did not terminate")

@@ -29,6 +29,11 @@ class Iverson(sp.Function):
     def _eval_derivative(self, s):
         return sp.Integer(0)
 
+    def _eval_power(self, exponent):
+        if exponent.is_positive:
+            return self  # [c]^n = [c]
+        return None
+
     def _latex(self, printer):
         return r"\left[%s\right]" % printer._print(self.args[0])
 

@@ -1,6 +1,6 @@
 """Elementwise activations on x (N, C)."""
 
-from sympy import erf, exp, pi, sqrt, tanh
+from sympy import erf, pi, sqrt, tanh
 
 from ..functions import Iverson
 from ..registry import layer
@@ -31,8 +31,9 @@ def tanh_(G):
 
 @layer
 def sigmoid(G):
-    """Logistic sigmoid: y = 1 / (1 + t), t = exp(-x); the backward reads the saved output."""
-    _elementwise(G, lambda t, x: 1 / (1 + t), save=True, inner=lambda x: exp(-x))
+    """Logistic sigmoid 1/(1 + exp(-x)), written y = (1 + t)/2 with t = tanh(x/2): the same
+    function, with no exp to overflow; the backward reads the saved output."""
+    _elementwise(G, lambda t, x: (1 + t) / 2, save=True, inner=lambda x: tanh(x / 2))
 
 
 @layer

@@ -24,8 +24,9 @@ def attention(G):
     b, i, j, c, l = G.indices(b=B, i=T, j=T, c=D, l=T)
     G.output(attention_graph(G, q, k, v, (b,), i, j, c, l, D))
     G.uses.append("softmax")
-    G.notes.append("The mask is part of the definition: e[b,i,j] = exp(S[b,i,j] - m[b,i]) [j <= i], so "
-                   "future keys get probability exactly 0 and the max m runs over j <= i only.")
+    G.notes.append("The mask is part of the definition: e[b,i,j] = exp((S[b,i,j] - m[b,i]) [j <= i]) [j <= i], "
+                   "so future keys get probability exactly 0, the max m runs over j <= i only, and no "
+                   "masked score is exponentiated (its overflow would give inf * 0 = NaN).")
 
 
 @layer

@@ -1,6 +1,6 @@
 """Recurrent cells: one time step each; models/ unrolls them for backpropagation through time."""
 
-from sympy import exp, tanh
+from sympy import tanh
 
 from ..registry import layer
 
@@ -32,9 +32,10 @@ def lstm_cell(G):
     n, u, k, r, q = G.indices(n=N, u=H, k=I, r=H, q=4)
 
     def gate(name, row):
-        """A sigmoid gate, written 1 / (1 + t) with t = exp(-z) so its VJP reads the saved gate."""
-        t = G.bind(f"t_{name}", (n, u), exp(-z[n, row, u]))
-        return G.bind(name, (n, u), 1 / (1 + t[n, u]), save=True)
+        """A sigmoid gate, written (1 + t)/2 with t = tanh(z/2): no exp to overflow, and its VJP
+        reads the saved gate (t = 2 gate - 1 is a polynomial, so nothing is divided)."""
+        t = G.bind(f"t_{name}", (n, u), tanh(z[n, row, u] / 2))
+        return G.bind(name, (n, u), (1 + t[n, u]) / 2, save=True)
 
     z = G.bind("z", (n, q, u), G.sum(x[n, k] * W[k, q, u], k) + G.sum(h_prev[n, r] * W[I + r, q, u], r)
                + b[q, u])

@@ -17,7 +17,9 @@ def softmax_graph(G, x, rows, j, k, last=None, name="s"):
         e = G.bind("e", (*rows, j), exp(x[(*rows, j)] - m[rows]))
     else:
         m = G.bind("m", rows, G.max(x[(*rows, k)], k, 0, last), stop_gradient=True)
-        e = G.bind("e", (*rows, j), exp(x[(*rows, j)] - m[rows]) * Iverson(j <= last))
+        # the mask multiplies the exponent too: exp of a masked score could overflow, and inf*0 is NaN
+        mask = Iverson(j <= last)
+        e = G.bind("e", (*rows, j), exp((x[(*rows, j)] - m[rows]) * mask) * mask)
     z = G.bind("z", rows, G.sum(e[(*rows, k)], k))
     return G.bind(name, (*rows, j), e[(*rows, j)] / z[rows], save=True)
 

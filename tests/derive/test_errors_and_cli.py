@@ -94,7 +94,8 @@ def test_attention_vjp_reads_probabilities_and_matrix_products_not_exponentials(
         assert not e.has(sp.exp) and not e.atoms(derive.MaxOver), f"d{arg} recomputes the softmax"
         assert {str(ix.base.label) for ix in e.atoms(sp.Indexed)} <= {"q", "k", "v", "P", "g"}
     r = _cli("derive", "attention")
-    assert "g_P[b, i, j] = sum_k(g[b, i, k]*v[b, j, k])" in r.stdout
+    assert "g_P[b, i, j] = sum_l(g[b, i, l]*v[b, j, l])" in r.stdout
+    assert "g_S[b, i, j] = (-sum_l(P[b, i, l]*g_P[b, i, l]) + g_P[b, i, j])*P[b, i, j]" in r.stdout
 
 
 def test_cli_json_gives_names_shapes_and_expressions():
