@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .version import GENERATOR_VERSION
+from derive.functions import MaxOver
+
 from .lower import Lowerer, Nest
 from .writer import KernelWriter
 
@@ -133,24 +135,31 @@ class ModuleBuilder:
         return spec
 
     def alias_safe(self):
-        """out binding -> inputs it may overwrite in place: those it reads only at its own
-        element, outside any reduction, and that no later binding reads."""
+        """out binding -> inputs it may overwrite in place (`out={"p_new": p}`): the update is
+        purely elementwise for that pair. The binding reads the input at exactly the element it
+        writes; every other binding reads the input only at that same element (never inside a
+        reduction); no later binding reads it."""
         out = {}
         bs = self.g.bindings
+
+        def reads_of(b, name):
+            return [ix for ix in b.expr.atoms(sp.Indexed) if str(ix.base.label) == name]
+
+        def in_reduction(b, name):
+            return any(str(ix.base.label) == name for r in b.expr.atoms(sp.Sum, MaxOver)
+                       for ix in r.atoms(sp.Indexed))
+
         for n, b in enumerate(bs):
             if not b.save or not b.indices:
                 continue
             ok = []
             for a in self.g.args:
-                if tuple(a.shape) != tuple(b.tensor.shape) or a.integer:
+                if tuple(a.shape) != tuple(b.tensor.shape) or a.integer or not reads_of(b, a.name):
                     continue
-                reads = [ix for ix in b.expr.atoms(sp.Indexed) if str(ix.base.label) == a.name]
-                if any(tuple(ix.indices) != tuple(b.indices) for ix in reads):
+                if any(any(tuple(ix.indices) != tuple(b.indices) for ix in reads_of(o, a.name)) or
+                       in_reduction(o, a.name) for o in bs[:n + 1]):
                     continue
-                if any(str(ix.base.label) == a.name for r in b.expr.atoms(sp.Sum) for ix in r.atoms(sp.Indexed)):
-                    continue
-                if any(any(str(ix.base.label) == a.name for ix in later.expr.atoms(sp.Indexed))
-                       for later in bs[n + 1:]):
+                if any(reads_of(later, a.name) for later in bs[n + 1:]):
                     continue
                 ok.append(a.name)
             out[b.name] = ok

@@ -300,6 +300,8 @@ class Lowerer:
             return None
         if any(f.has(MaxOver) for f in factors):
             return None
+        if any(isinstance(f, sp.KroneckerDelta) and f.atoms(sp.Indexed) for f in factors):
+            return None  # delta(ids[n], p): a scatter-add, not a product with a one-hot matrix
         sets = [self.ivars(f) for f in factors]
         first = factors[0]
         best = None
