@@ -10,6 +10,8 @@ pages from derive/ at build time and installs the local MathJax.
 - on_page_markdown: `<!-- symgrad:cli-help -->` in a hand-written page becomes `symgrad --help`.
 
 Environment: SYMGRAD_DOCS_LAYERS=a,b restricts the generated layers (development only).
+Generation runs once per process: restart `mkdocs serve` to see changes to derive/ (Python caches
+the imported modules anyway); edits to the hand-written pages reload live.
 """
 
 from __future__ import annotations
