@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sympy as sp
-from sympy.printing.latex import LatexPrinter
+from sympy.printing.latex import LatexPrinter, greek_letters_set
 from sympy.printing.str import StrPrinter
 
 KINDS = ("definition", "partial", "chain", "inlined", "simplified")
@@ -37,9 +37,27 @@ class TextPrinter(StrPrinter):
         return "d%s/d%s" % (self._print(e.expr), self._print(e.variables[0]))
 
 
+def tex_name(name: str) -> str:
+    """x -> x, rstd -> \\mathit{rstd}, g_x -> g_{x}, m_new -> m_{\\mathrm{new}}: a tensor name as one
+    TeX atom, so that an index subscript can follow it."""
+    head, _, tail = name.partition("_")
+    if head in greek_letters_set:
+        head = "\\" + head
+    elif len(head) > 1:
+        head = r"\mathit{%s}" % head
+    if not tail:
+        return head
+    return "%s_{%s}" % (head, tail if len(tail) == 1 else r"\mathrm{%s}" % tail.replace("_", r"\_"))
+
+
 class TexPrinter(LatexPrinter):
     def _print_Indexed(self, e):
-        return "%s_{%s}" % (self._print(e.base.label), ",".join(self._print(i) for i in e.indices))
+        return "{%s}_{%s}" % (tex_name(str(e.base.label)), ",".join(self._print(i) for i in e.indices))
+
+    def _print_Symbol(self, e, style="plain"):
+        if len(e.name) > 1 and e.name.isidentifier() and not e.name[-1].isdigit():
+            return "{%s}" % tex_name(e.name)
+        return super()._print_Symbol(e)
 
     def _print_Dummy(self, e):
         return e.name
