@@ -136,7 +136,7 @@ class CausalAttention(KernelLayer):
         super().__init__("attention", dtype)
 
     def forward(self, q, k, v):
-        return self._forward(q=q, k=k, v=v)["out"]
+        return self._forward(q=q, k=k, v=v)["y"]
 
     def backward(self, g):
         d = self._backward(g=g)

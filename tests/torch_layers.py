@@ -34,7 +34,7 @@ def forward(name: str, t: dict):
     if name == "embedding":
         return {"rows": t["table"][t["ids"]]}
     if name == "attention":
-        return {"out": F.scaled_dot_product_attention(t["q"], t["k"], t["v"], is_causal=True)}
+        return {"y": F.scaled_dot_product_attention(t["q"], t["k"], t["v"], is_causal=True)}
     if name == "multihead_attention":
         x = t["x"]
         B, T, C = x.shape

@@ -6,19 +6,19 @@ from ..registry import layer
 from .softmax import softmax_graph
 
 
-def attention_graph(G, q, k, v, b, i, j, c, l, D):
+def attention_graph(G, q, k, v, b, i, j, c, l, D, name="y"):
     """Bind causal attention of q, k, v over (b, i|j, c) and return the output tensor.
 
-    S = q k^T / sqrt(D); P = softmax of S over keys j <= i; out = P v."""
+    S = q k^T / sqrt(D); P = softmax of S over keys j <= i; y = P v."""
     rows = tuple(b) + (i,)
     S = G.bind("S", (*rows, j), G.sum(q[(*rows, c)] * k[(*b, j, c)], c) / sqrt(D))
     P = softmax_graph(G, S, rows, j, l, last=i, name="P")
-    return G.bind("out", (*rows, c), G.sum(P[(*rows, j)] * v[(*b, j, c)], j))
+    return G.bind(name, (*rows, c), G.sum(P[(*rows, j)] * v[(*b, j, c)], j))
 
 
 @layer
 def attention(G):
-    """Causal scaled dot-product attention: out = softmax(q k^T / sqrt(d), keys j <= i) v."""
+    """Causal scaled dot-product attention: y = softmax(q k^T / sqrt(d), keys j <= i) v."""
     B, T, D = G.dims("B T D")
     q, k, v = (G.input(n, (B, T, D)) for n in "qkv")
     b, i, j, c, l = G.indices(b=B, i=T, j=T, c=D, l=T)
@@ -44,7 +44,7 @@ def multihead_attention(G):
     q = G.bind("q", (b, h, i, c), G.sum(x[b, i, a] * Wq[a, h, c], a) + bq[h, c], save=True)
     k = G.bind("k", (b, h, i, c), G.sum(x[b, i, a] * Wk[a, h, c], a) + bk[h, c], save=True)
     v = G.bind("v", (b, h, i, c), G.sum(x[b, i, a] * Wv[a, h, c], a) + bv[h, c], save=True)
-    att = attention_graph(G, q, k, v, (b, h), i, j, c, l, D)
+    att = attention_graph(G, q, k, v, (b, h), i, j, c, l, D, name="att")
     G.binding(att.name).save = True
     y = G.bind("y", (b, i, f), G.sum(G.sum(att[b, h, i, c] * Wo[h, c, f], c), h) + bo[f])
     G.output(y)
