@@ -237,7 +237,11 @@ class Lowerer:
                     rest.append(t)
             out = list(rest)
             for sig, pairs in groups.items():
-                if len(pairs) == 1:
+                if len(pairs) == 1 or all(self.plan(p) is not None for _, p in pairs):
+                    # nothing to merge with, or each is a matrix product already: leave as was
+                    out.extend(t for t, _ in pairs)
+                    continue
+                if False:
                     out.append(pairs[0][0])  # nothing to merge with: leave it as it was
                     continue
                 ts = [p for _, p in pairs]
