@@ -10,6 +10,7 @@ recomputes them.
 from __future__ import annotations
 
 import hashlib
+import json
 import keyword
 from dataclasses import dataclass, field
 
@@ -311,8 +312,23 @@ def module_source(d, dtype: str, key: str, blas: bool = True):
         fwd.source,
         "",
         bwd.source,
+        "",
+        "# How compiled.api calls the two functions (read on a warm start instead of re-printing).",
+        f"SPECS = {json.dumps([spec_dict(fwd), spec_dict(bwd)])!r}",
     ]
-    return "\n".join(src), fwd, bwd
+    return "\n".join(src) + "\n", fwd, bwd
+
+
+def spec_dict(spec: KernelSpec) -> dict:
+    return {"func": spec.func, "returns": spec.returns, "alias": spec.elementwise_alias,
+            "params": [[p.name, p.kind, [str(x) for x in p.shape], p.default] for p in spec.params]}
+
+
+def spec_from_dict(data: dict, dims) -> KernelSpec:
+    loc = {str(d): d for d in dims}
+    params = [Param(n, k, tuple(sp.sympify(x, locals=loc) for x in shape), default)
+              for n, k, shape, default in data["params"]]
+    return KernelSpec(data["func"], params, list(data["returns"]), dict(data["alias"]))
 
 
 __all__ = ["module_source", "layer_key", "KernelSpec", "Param", "ModuleBuilder"]
