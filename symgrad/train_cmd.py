@@ -289,8 +289,7 @@ def sample_main(argv) -> int:
 
 # --- symgrad bench train -------------------------------------------------------------------
 def bench_main(argv) -> int:
-    p = _Parser(prog="symgrad bench", description="Training-step speed of symgrad against PyTorch eager.")
-    p.add_argument("what", choices=("train",))
+    p = _Parser(prog="symgrad bench train", description="Training-step speed of symgrad against PyTorch eager.")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--rounds", type=_positive_int, default=5)
     p.add_argument("--steps", type=_positive_int, default=10, help="steps per round and side")
