@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from . import elementary
 from .version import GENERATOR_VERSION
 from derive.functions import MaxOver
 
@@ -23,7 +24,11 @@ from .lower import Lowerer, Nest
 from .writer import KernelWriter
 
 FASTMATH = "{'arcp', 'contract', 'afn', 'reassoc', 'nsz'}"  # never nnan/ninf: NaN checks stay right
-RESERVED = {"np", "math", "F", "njit", "range", "max", "min", "abs", "FAST", "prange", "numba"}
+RESERVED = {"np", "math", "F", "njit", "range", "max", "min", "abs", "FAST", "prange", "numba",
+            "ir", "types", "intrinsic"} | set(elementary.HELPERS)
+# error_model="numpy": a float division by zero gives inf/NaN as IEEE says instead of a Python
+# ZeroDivisionError check, which kept every loop with a division from vectorizing
+JIT = '@njit(cache=True, fastmath=FAST, error_model="numpy")'
 
 
 @dataclass
@@ -76,6 +81,9 @@ class ModuleBuilder:
     def __init__(self, d, dtype: str, blas: bool = True):
         self.d, self.g, self.dtype, self.blas = d, d.graph, dtype, blas
         self.fname = ident(d.name)
+        # float32: exp/tanh/erf print as compiled.elementary's vectorizable helpers
+        self.calls = elementary.FLOAT32_CALLS if dtype == "float32" else None
+        self.used = set()  # helpers the kernels call
 
     # --- names shared by both kernels --------------------------------------------------------
     def base_names(self):
@@ -248,11 +256,11 @@ class ModuleBuilder:
             taken.add(names[r])
         index_syms = set(low.extents)
         self.index_names(names, taken, index_syms)
-        w = KernelWriter(names, index_syms, low.extents)
+        w = KernelWriter(names, index_syms, low.extents, self.calls, self.used)
         w.taken |= taken
         body = w.write(low.out.stmts)
         args = ", ".join(names[p.name] for p in spec.params)
-        lines = ["@njit(cache=True, fastmath=FAST)", f"def {spec.func}({args}):"]
+        lines = [JIT, f"def {spec.func}({args}):"]
         doc = self.docstring(spec)
         lines.append(f'    """{doc}"""')
         for name, shape in temps:
@@ -304,11 +312,13 @@ def module_source(d, dtype: str, key: str, blas: bool = True):
         "",
         "import numpy as np",
         "from numba import njit",
+        *elementary.imports(mb.used),
         "",
         f"F = np.{dtype}",
         f"FAST = {FASTMATH}  # no nnan/ninf: isnan/isfinite stay correct",
         "",
         "",
+        *([elementary.source(mb.used)] if mb.used else []),
         fwd.source,
         "",
         bwd.source,

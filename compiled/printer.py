@@ -39,17 +39,22 @@ class NumbaPrinter(StrPrinter):
 
     printmethod = "_numbacode"
 
-    def __init__(self, names: dict, index: bool = False):
+    def __init__(self, names: dict, index: bool = False, calls: dict | None = None,
+                 used: set | None = None):
         super().__init__({"order": "none"})
         self.names = names
         self.index = index
+        # sympy function -> call, overriding _CALLS (float32 kernels: compiled.elementary's
+        # vectorizable helpers); `used` collects the overrides printed
+        self.calls = calls or {}
+        self.used = used if used is not None else set()
 
     # --- context helpers -------------------------------------------------------------------
     def _index(self, e) -> str:
-        return NumbaPrinter(self.names, index=True).doprint(e)
+        return NumbaPrinter(self.names, True, self.calls, self.used).doprint(e)
 
     def _value(self, e) -> str:
-        return NumbaPrinter(self.names, index=False).doprint(e)
+        return NumbaPrinter(self.names, False, self.calls, self.used).doprint(e)
 
     # --- atoms -----------------------------------------------------------------------------
     def _print_Symbol(self, e):
@@ -143,10 +148,15 @@ class NumbaPrinter(StrPrinter):
         return f"np.floor({self._print(a)})"
 
     def _print_Function(self, e):
-        if e.func in _CALLS:
+        if e.func in self.calls or e.func in _CALLS:
             if self.index:
                 raise PrintError(f"function {e.func.__name__} used in an index")
-            return "%s(%s)" % (_CALLS[e.func], ", ".join(self._print(a) for a in e.args))
+            call = self.calls.get(e.func)
+            if call is not None:
+                self.used.add(call)
+            else:
+                call = _CALLS[e.func]
+            return "%s(%s)" % (call, ", ".join(self._print(a) for a in e.args))
         raise PrintError(f"the kernel printer has no rule for {e.func.__name__}: {e}")
 
     def _print_Max(self, e):
@@ -209,8 +219,8 @@ class NumbaPrinter(StrPrinter):
         raise PrintError(f"the kernel printer has no rule for {type(e).__name__}: {e}")
 
 
-def print_value(expr, names) -> str:
-    return NumbaPrinter(names).doprint(expr)
+def print_value(expr, names, calls=None, used=None) -> str:
+    return NumbaPrinter(names, calls=calls, used=used).doprint(expr)
 
 
 def print_index(expr, names) -> str:

@@ -55,8 +55,11 @@ def _stem(r):
 class KernelWriter:
     """Prints the statements of one kernel; `names` maps symbols/labels to identifiers."""
 
-    def __init__(self, names: dict, index_vars: set, extents: dict):
+    def __init__(self, names: dict, index_vars: set, extents: dict, calls: dict | None = None,
+                 used: set | None = None):
         self.extents = extents
+        self.calls = calls  # sympy function -> helper call (float32: compiled.elementary)
+        self.used = used if used is not None else set()  # helpers printed
         self.names = dict(names)
         self.index_vars = set(index_vars)
         self.taken = set(self.names.values())
@@ -190,8 +193,11 @@ class KernelWriter:
                               optimizations=None, order="none")
         for sym, val in reps:
             self.names[sym] = self.ident("t")
-            blk.rest.append(f"{self.names[sym]} = {print_value(val, self.names)}")
-        blk.rest.append(f"{lhs} {op} {print_value(red, self.names)}")
+            blk.rest.append(f"{self.names[sym]} = {self.value(val)}")
+        blk.rest.append(f"{lhs} {op} {self.value(red)}")
+
+    def value(self, expr) -> str:
+        return print_value(expr, self.names, self.calls, self.used)
 
     def place(self, expr, blocks, cache):
         """Hoist each reduction of expr to the shallowest block where its free indices are bound;
