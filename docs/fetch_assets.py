@@ -94,6 +94,7 @@ def ensure(force: bool = False, target: Path = TARGET, log=None) -> Path:
     (tmp / "VERSION.json").write_text(json.dumps({"mathjax": MATHJAX_VERSION,
                                                    "source": f"npm package mathjax@{MATHJAX_VERSION}"}))
     shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)  # docs/assets/ is not in a fresh clone
     tmp.rename(target)
     if log:
         log(f"copied MathJax {MATHJAX_VERSION} into {target}")

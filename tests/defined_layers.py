@@ -1,4 +1,5 @@
-"""Layers that exist only in the compiled tests, defined by their forward expression alone.
+"""Layers that exist only in the tests, defined by their forward expression alone: proof that
+nothing about a gradient is written anywhere.
 
 Imported by the tests and by the second process of the cache test, so both build the same
 derivations (and so the same cache keys)."""
@@ -32,7 +33,7 @@ def rmsnorm(G):
     w = G.param("w", (C,))
     eps = G.const("eps", 1e-6)
     i, j, k = G.indices(i=N, j=C, k=C)
-    r = G.bind("r", (i,), 1 / sp.sqrt(G.sum(x[i, k] ** 2, k) / C + eps), save=True)
+    r = G.bind("r", (i,), 1 / sp.sqrt(G.sum(x[i, k] ** 2, k) / C + eps), save=True, positive=True)
     G.output(G.bind("y", (i, j), x[i, j] * r[i] * w[j]))
 
 

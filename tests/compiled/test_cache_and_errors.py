@@ -15,7 +15,7 @@ import pytest
 import compiled
 import derive
 from compiled import api
-from tests.compiled.defined import BUILDERS
+from tests.defined_layers import BUILDERS
 from tests.compiled.test_kernels import BUILTINS, _cast, _random_cases
 from tests.layer_cases import cases as layer_cases
 
@@ -27,7 +27,7 @@ _LOADER = r"""
 import json, sys
 import numpy as np
 import compiled, derive
-from tests.compiled.defined import defined, BUILDERS
+from tests.defined_layers import defined, BUILDERS
 from tests.compiled.test_kernels import _cast, _random_cases
 from tests.layer_cases import cases
 names = json.loads(sys.argv[1])
@@ -70,7 +70,7 @@ def test_second_process_loads_every_kernel_from_cache_without_compiling(kernel_c
 
 _BUILDER = r"""
 import sys, compiled, derive
-from tests.compiled.defined import sgd_step
+from tests.defined_layers import sgd_step
 k = compiled.kernels(derive.define("t_race", sgd_step), "float64")
 print(k.source_path)
 """

@@ -15,7 +15,7 @@ import pytest
 import compiled
 import derive
 from derive import reference
-from tests.compiled.defined import BUILDERS, defined
+from tests.defined_layers import BUILDERS, defined
 from tests.layer_cases import cases as layer_cases
 
 ILL_CONDITIONED = ("1e3", "near-constant", "large")  # skipped for float32-vs-float64 only
@@ -155,7 +155,7 @@ def test_attention_backward_shares_dS_between_dq_and_dk():
 
 
 def test_elementwise_update_may_write_in_place():
-    from tests.compiled.defined import sgd_step
+    from tests.defined_layers import sgd_step
     k = compiled.kernels(derive.define("t_sgd", sgd_step), "float64")
     p = np.linspace(-1, 1, 7)
     grad = np.ones(7)

@@ -7,35 +7,8 @@ import sympy as sp
 
 import derive
 from derive import reference
+from tests.defined_layers import bilinear, rmsnorm, swish
 from tests.gradcheck import assert_close, central_differences, torch_or_skip
-
-
-def swish(G):
-    """swish(x) = x * sigmoid(x)"""
-    N, C = G.dims("N C")
-    x = G.input("x", (N, C))
-    i, j = G.indices(i=N, j=C)
-    G.output(G.bind("y", (i, j), x[i, j] / (1 + sp.exp(-x[i, j]))))
-
-
-def bilinear(G):
-    """f[n] = sum_{a,b} x[n,a] A[a,b] y[n,b]"""
-    N, P, Q = G.dims("N P Q")
-    x, y = G.input("x", (N, P)), G.input("y", (N, Q))
-    A = G.param("A", (P, Q))
-    n, a, b = G.indices(n=N, a=P, b=Q)
-    G.output(G.bind("f", (n,), G.sum(G.sum(x[n, a] * A[a, b] * y[n, b], b), a)))
-
-
-def rmsnorm(G):
-    """y = x / sqrt(mean(x^2) + eps) * w"""
-    N, C = G.dims("N C")
-    x = G.input("x", (N, C))
-    w = G.param("w", (C,))
-    eps = G.const("eps", 1e-6)
-    i, j, k = G.indices(i=N, j=C, k=C)
-    r = G.bind("r", (i,), 1 / sp.sqrt(G.sum(x[i, k] ** 2, k) / C + eps), save=True, positive=True)
-    G.output(G.bind("y", (i, j), x[i, j] * r[i] * w[j]))
 
 
 rng = np.random.default_rng(3)
