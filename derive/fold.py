@@ -96,7 +96,29 @@ def fold_definitions(expr, graph: Graph, skip=frozenset()):
     for b in reversed(graph.bindings):
         if b.save:
             expr = _fold_sum_definition(expr, b)
+            expr = _fold_power(expr, b)
     return expr
+
+
+def _fold_power(expr, b):
+    """For a binding b = base**e with a fractional e, replace every base'**k with base' equal to
+    base up to the names of its indices by b**(k/e) (an RMS norm's r = (sum x^2/C + eps)**(-1/2):
+    (sum x^2/C + eps)**(-3/2) -> r**3)."""
+    base, e = b.expr.as_base_exp()
+    if not (e.is_Rational and not e.is_integer) or not b.indices:
+        return expr
+    wild = {i: sp.Wild(f"w_{i}") for i in b.indices}
+    pattern = deltas.canonical_names(base.xreplace(wild))
+
+    def match(p):
+        if not isinstance(p, sp.Pow):
+            return None
+        m = deltas.canonical_names(p.base).match(pattern)
+        if m is None or any(w not in m for w in wild.values()):
+            return None
+        return b.tensor.ref([m[wild[i]] for i in b.indices]) ** (p.exp / e)
+
+    return expr.replace(lambda p: match(p) is not None, match)
 
 
 def _fold_product(expr, b, wild):
