@@ -527,9 +527,43 @@ class Lowerer:
         for v, lo, hi in lims:
             self.extents.setdefault(v, hi - lo + 1)
         order = lims + [(v, 0, self.extents[v] - 1) for v in idx]
-        self.out.stmts.append(Nest(target, tuple(idx), order, coeff * s.function, accumulate=True,
+        body = coeff * s.function
+        order = self.loop_order(order, body)
+        self.out.stmts.append(Nest(target, tuple(idx), order, body, accumulate=True,
                                    note="reduction over a leading axis"))
         return True
+
+    def loop_order(self, order, body):
+        """The best order of an accumulation's loops (all over fixed ranges, so any order
+        computes the same sum). Candidates: the given order, and each array read's index order
+        followed by the other loops. Ranked by: fewest inner reductions recomputed under a loop
+        they do not depend on (multi-head attention's dbq: a row sum over u inside the loop over
+        j recomputed it T times), then most reads contiguous in the innermost loop, then most
+        reads walked in row-major order."""
+        by_var = {v: (v, lo, hi) for v, lo, hi in order}
+        names = [v for v, _, _ in order]
+        cands = [names]
+        for ix in sorted(body.atoms(sp.Indexed), key=lambda x: (-len(x.indices), str(x.base.label))):
+            seq = [i for i in ix.indices if i in by_var]
+            seq = list(dict.fromkeys(seq))
+            cand = seq + [v for v in names if v not in seq]
+            if cand not in cands:
+                cands.append(cand)
+        reads = [[i for i in ix.indices if i in by_var] for ix in body.atoms(sp.Indexed)]
+        reds = [self.ivars(r) & set(names) for r in reductions(body)]
+
+        def rank(cand):
+            pos = {v: n for n, v in enumerate(cand)}
+            wasted = 0
+            for free in reds:
+                depth = max((pos[v] + 1 for v in free), default=0)
+                wasted += depth - len(free)
+            inner = sum(1 for r in reads if r and r[-1] == cand[-1])
+            rowmajor = sum(1 for r in reads if r and [pos[i] for i in r] == sorted(pos[i] for i in r))
+            return (wasted, -inner, -rowmajor)
+
+        best = min(range(len(cands)), key=lambda n: (rank(cands[n]), n))
+        return [by_var[v] for v in cands[best]]
 
 
 def _merge(self_, expr):

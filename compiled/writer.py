@@ -175,7 +175,22 @@ class KernelWriter:
         blk, bound = blocks[-1]
         if st.accumulate:
             root.rest.append(f"{self.names.get(st.target, st.target)}[:] = F(0)")
-        for v, lo, hi in order:
+        lhs = self.names.get(st.target, st.target)
+        if st.write:
+            lhs = f"{lhs}[{', '.join(print_index(i, self.names) for i in st.write)}]"
+        # innermost loops that do not move the written element: sum them in a local first
+        # (a += into the array would carry a memory dependence through every iteration)
+        written = set().union(*[sp.sympify(i).free_symbols for i in st.write]) if st.write else set()
+        n_inner = 0
+        if st.accumulate:
+            while n_inner < len(order) and order[len(order) - 1 - n_inner][0] not in written:
+                n_inner += 1
+        acc = None
+        for depth, (v, lo, hi) in enumerate(order):
+            if n_inner and depth == len(order) - n_inner:
+                acc = self.ident("acc")
+                blk.rest.append(f"{acc} = F(0)")
+                outer_blk = blk
             inner = Block()
             blk.rest.append(f"for {self.name_index(v)} in {_range(lo, hi, self.names)}:")
             blk.rest.append(inner)
@@ -183,10 +198,11 @@ class KernelWriter:
             blocks = blocks + [(inner, bound)]
             blk = inner
         expr = self.place(st.expr, blocks, {})
-        lhs = self.names.get(st.target, st.target)
-        if st.write:
-            lhs = f"{lhs}[{', '.join(print_index(i, self.names) for i in st.write)}]"
-        self.assign(blk, lhs, "+=" if st.accumulate else "=", expr)
+        if acc is None:
+            self.assign(blk, lhs, "+=" if st.accumulate else "=", expr)
+        else:
+            self.assign(blk, acc, "+=", expr)
+            outer_blk.rest.append(f"{lhs} += {acc}")
 
     def assign(self, blk, lhs, op, expr):
         reps, (red,) = sp.cse(expr, symbols=(sp.Symbol(f"_cse{next(self.fresh)}") for _ in itertools.count()),
