@@ -307,6 +307,7 @@ class Word2Vec(Module):
 
 
 def word_corpus(text, min_count=5):
+    """(vocab, ids, counts): words of at least min_count occurrences, most frequent first."""
     words = re.findall(r"[a-z']+", text.lower())
     counts = Counter(words)
     vocab = [w for w, c in counts.most_common() if c >= min_count]
@@ -316,8 +317,22 @@ def word_corpus(text, min_count=5):
     return vocab, ids, freq
 
 
-def train_word2vec(text, steps=2000, lr=0.01, optimizer="adam", batch_size=256, dim=64, window=3, k_neg=5,
-                   seed=0, log=print, words=("king", "love", "death", "lord", "good")):
+def subsample(ids, freq, t, rng):
+    """Mikolov's subsampling: word w is kept with probability sqrt(t/f) + t/f (f its frequency),
+    so 'the', 'and', 'i' stop dominating the pairs; windows then span the kept words."""
+    f = freq / freq.sum()
+    keep = np.minimum(1.0, np.sqrt(t / f) + t / f)
+    return ids[rng.random(len(ids)) < keep[ids]]
+
+
+NEIGHBOUR_WORDS = ("king", "queen", "thou", "lord", "love", "death")
+
+
+def train_word2vec(text, steps=3000, lr=0.01, optimizer="adam", batch_size=512, dim=50, window=4, k_neg=5,
+                   sample=1e-3, seed=0, log=print, words=NEIGHBOUR_WORDS):
+    """Skip-gram with negative sampling; returns (model, {word: nearest words}, per-step losses).
+    Each step draws batch_size (centre, context) pairs from a subsampled word stream, context
+    at most `window` words away, and k_neg negatives per pair from the unigram^0.75 noise."""
     from .optim import make_optimizer
     vocab, ids, freq = word_corpus(text)
     if len(ids) < 2 * window + 2:
@@ -328,12 +343,17 @@ def train_word2vec(text, steps=2000, lr=0.01, optimizer="adam", batch_size=256, 
     model = Word2Vec(len(vocab), dim, seed)
     opt = make_optimizer(optimizer, model.parameters(), lr=lr)
     losses = []
+    stream = ids
     for step in range(1, steps + 1):
-        c = rng.integers(window, len(ids) - window, batch_size)
+        if step == 1 or step % 500 == 0:  # a fresh subsample now and then
+            stream = subsample(ids, freq, sample, rng) if sample else ids
+            if len(stream) < 2 * window + 2:
+                stream = ids
+        c = rng.integers(window, len(stream) - window, batch_size)
         off = rng.integers(1, window + 1, batch_size) * rng.choice([-1, 1], batch_size)
         neg = rng.choice(len(vocab), size=(batch_size, k_neg), p=noise)
         model.zero_grad()
-        loss = model(ids[c], ids[c + off], neg)
+        loss = model(stream[c], stream[c + off], neg)
         model.backward()
         opt.step()
         losses.append(loss)
@@ -363,12 +383,13 @@ def train_cli(a, UsageError) -> int:
         raise UsageError(str(e)) from None
     if a.model == "word2vec":
         try:
-            _, nb, losses = train_word2vec(text, steps=a.steps or 2000, lr=a.lr if a.lr is not None else 0.01,
-                                           optimizer=a.optimizer or "adam", batch_size=a.batch_size or 256,
+            _, nb, losses = train_word2vec(text, steps=a.steps or 3000, lr=a.lr if a.lr is not None else 0.01,
+                                           optimizer=a.optimizer or "adam", batch_size=a.batch_size or 512,
                                            seed=a.seed)
         except DataError as e:
             raise UsageError(str(e)) from None
-        print(f"Word2Vec skip-gram, negative sampling: loss {np.mean(losses[:50]):.3f} -> {np.mean(losses[-50:]):.3f}")
+        print(f"Word2Vec skip-gram, negative sampling: loss {np.mean(losses[:50]):.3f} -> "
+              f"{np.mean(losses[-50:]):.3f}; nearest neighbours (cosine):")
         for w, ns in nb.items():
             print(f"  {w:8s} -> {', '.join(ns)}")
         return 0
