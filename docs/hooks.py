@@ -7,7 +7,14 @@ pages from derive/ at build time and installs the local MathJax.
   expands the `Layers` and `Optimizers` nav entries into one entry per page. A layer whose
   derivation raises, or whose numeric gradient check fails, is reported as a warning, so
   `mkdocs build --strict` fails loudly instead of skipping it; its page shows the error.
-- on_page_markdown: `<!-- symgrad:cli-help -->` in a hand-written page becomes `symgrad --help`.
+- on_files also adds the pictures (docs/figures.py): the loss curves rendered with matplotlib from
+  the recorded runs in docs/data/*.json, and the optimizer trajectories, computed now with the
+  optimizer kernels on a layer defined by its forward only. They exist only in the built site
+  (figures/*.png); a missing data file or a failure is a warning, so --strict fails.
+- on_page_markdown: in a hand-written page, `<!-- symgrad:cli-help -->` becomes `symgrad --help`;
+  `<!-- symgrad:source models.gpt:GPT.backward -->` the source of that function (so a page that
+  explains code shows the code as it is); `<!-- symgrad:run gpt -->` a table saying what the
+  recorded run behind a loss curve was.
 
 Environment: SYMGRAD_DOCS_LAYERS=a,b restricts the generated layers (development only).
 Generation runs once per process: restart `mkdocs serve` to see changes to derive/ (Python caches
@@ -17,7 +24,10 @@ the imported modules anyway); edits to the hand-written pages reload live.
 from __future__ import annotations
 
 import logging
+import importlib
+import inspect
 import os
+import re
 import subprocess
 import sys
 import time
@@ -41,12 +51,15 @@ def _paths():
 
 _paths()
 import fetch_assets  # noqa: E402  (docs/fetch_assets.py)
+import figures  # noqa: E402  (docs/figures.py)
 import sitegen  # noqa: E402  (docs/sitegen/)
 
 log = logging.getLogger("mkdocs.hooks.symgrad")
 
 _cache: dict = {}  # one generation per process (mkdocs serve rebuilds reuse it)
 CLI_MARKER = "<!-- symgrad:cli-help -->"
+SOURCE_MARKER = re.compile(r"<!-- symgrad:source ([\w.]+):([\w.]+) -->")
+RUN_MARKER = re.compile(r"<!-- symgrad:run (\w+) -->")
 
 
 def on_pre_build(config):
@@ -65,6 +78,16 @@ def _site():
         log.info(f"symgrad: generated {len(s.pages)} pages ({len(s.layers)} layers) "
                  f"in {s.seconds:.1f} s")
     return _cache["site"]
+
+
+def _figures():
+    if "figures" not in _cache:
+        _paths()
+        t0 = time.perf_counter()
+        _cache["figures"] = figures.render_all()
+        log.info(f"symgrad: rendered {len(_cache['figures'][0])} figures in "
+                 f"{time.perf_counter() - t0:.1f} s")
+    return _cache["figures"]
 
 
 def _expand_nav(nav, site):
@@ -93,6 +116,11 @@ def on_files(files, config):
     config["nav"] = _expand_nav(config["nav"], site)
     for w in site.warnings:
         log.warning(w)
+    pngs, problems = _figures()
+    for path, png in pngs.items():
+        files.append(File.generated(config, path, content=png))
+    for w in problems:
+        log.warning(f"symgrad figures: {w}")
     return files
 
 
@@ -109,7 +137,26 @@ def _cli_help() -> str:
             f"    The command line (`symgrad.cli`) could not print its help: `{why}`.\n")
 
 
+def _source(module: str, qualname: str) -> str:
+    """The source of `module:qualname` as a code block, or a warning (so --strict fails)."""
+    _paths()
+    try:
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        src = inspect.getsource(obj)
+    except Exception as e:
+        log.warning(f"symgrad: cannot show the source of {module}:{qualname}: {type(e).__name__}: {e}")
+        return f"`{module}:{qualname}` (source unavailable)"
+    indent = min(len(line) - len(line.lstrip()) for line in src.splitlines() if line.strip())
+    src = "\n".join(line[indent:] for line in src.splitlines())
+    path = module.replace(".", "/") + ".py"
+    return f'```python title="{path}: {qualname}"\n{src}\n```'
+
+
 def on_page_markdown(markdown, page, config, files):
+    markdown = SOURCE_MARKER.sub(lambda m: _source(m.group(1), m.group(2)), markdown)
+    markdown = RUN_MARKER.sub(lambda m: figures.run_summary(m.group(1)), markdown)
     if CLI_MARKER in markdown:
         if "cli" not in _cache:
             t0 = time.perf_counter()
