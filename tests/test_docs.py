@@ -1,14 +1,19 @@
-"""The site generator in docs/sitegen and `symgrad docs`: costs, the gradient check, page text.
+"""The site generator in docs/sitegen, the pictures (docs/figures.py) and `symgrad docs`: costs,
+the gradient check, page text, recorded loss curves, optimizer trajectories.
 
 The whole-site build and the browser checks are in tests/test_docs_browser.py.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sympy as sp
 
@@ -16,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))
 
 import derive  # noqa: E402
+import figures  # noqa: E402  (docs/figures.py)
 from sitegen import costs, gradcheck, pages  # noqa: E402
 
 
@@ -182,6 +188,148 @@ def test_generate_builds_pages_nav_and_cross_links():
 def test_optimizer_index_says_why_there_are_no_pages():
     md = pages.optimizer_index([], "models.optimizers: ModuleNotFoundError: nope")
     assert "No optimizer pages" in md and "nope" in md
+
+
+# --- pictures: recorded loss curves ---------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("model", ["gpt", "mlp"])
+def test_committed_loss_curve_data_is_a_whole_recorded_run(model):
+    data = json.loads((ROOT / "docs" / "data" / f"{model}-loss.json").read_text())
+    where = f"docs/data/{model}-loss.json"
+    assert data["model"] == model and data["command"], where
+    steps = [s for s, _ in data["train"]]
+    assert steps == list(range(1, data["steps"] + 1)), f"{where}: train losses are not one per step"
+    val_steps = [s for s, _ in data["val"]]
+    assert len(val_steps) >= 3 and val_steps == sorted(val_steps) and val_steps[-1] == data["steps"], where
+    losses = [v for _, v in data["train"] + data["val"]]
+    assert all(math.isfinite(v) and v >= 0 for v in losses), where
+    first, last = data["train"][0][1], np.mean([v for _, v in data["train"][-20:]])
+    assert last < first, f"{where}: the loss did not fall ({first} -> {last})"
+
+
+def test_record_mlp_writes_the_trainers_history_and_val_history(tmp_path):
+    out = tmp_path / "mlp.json"
+    assert figures.main(["record", "mlp", "--steps", "6", "--eval-interval", "3", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [s for s, _ in data["train"]] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in data["val"]] == [0, 3, 6]
+    assert data["steps"] == 6 and data["config"]["train"]["optimizer"] == "adam"
+
+
+def test_record_reads_a_gpt_checkpoint_without_training(tmp_path):
+    from models import checkpoint
+
+    meta = {"kind": "gpt", "step": 3, "config": {"model": {"n_layer": 1}, "vocab": ["a", "b"]},
+            "history": [[1, 4.1234567], [2, 3.5], [3, 3.25]], "val_history": [[3, 3.3]]}
+    checkpoint.save(tmp_path / "run" / "ckpt.npz", meta, {"w": np.zeros(2, np.float32)})
+    out = tmp_path / "gpt.json"
+    assert figures.main(["record", "gpt", "--from-checkpoint", str(tmp_path / "run"), "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["train"] == [[1, 4.1235], [2, 3.5], [3, 3.25]] and data["val"] == [[3, 3.3]]
+    assert data["steps"] == 3 and "vocab" not in data["config"]  # the vocabulary is not worth a diff
+
+
+def test_record_rejects_a_bad_step_count_and_unknown_model():
+    with pytest.raises(SystemExit):
+        figures.main(["record", "mlp", "--steps", "0"])
+    with pytest.raises(SystemExit):
+        figures.main(["record", "transformer"])
+
+
+def test_loss_figure_is_a_png_and_the_same_data_gives_the_same_bytes():
+    data = {"steps": 4, "train": [[1, 4.0], [2, 3.0], [3, 2.5], [4, 2.4]], "val": [[2, 3.1], [4, 2.6]]}
+    a, b = figures.loss_figure(data, "t"), figures.loss_figure(data, "t")
+    assert a.startswith(PNG) and a == b
+
+
+def test_run_summary_names_the_command_and_the_losses(tmp_path):
+    data = {"model": "mlp", "steps": 2, "command": "python3 -m docs.figures record mlp --steps 2",
+            "config": {"seed": 0}, "train": [[1, 0.7], [2, 0.5]], "val": [[0, 0.71], [2, 0.52]]}
+    path = tmp_path / "mlp-loss.json"
+    figures.write(data, path)
+    md = figures.run_summary("mlp", path)
+    assert "record mlp --steps 2" in md and "0.71 at step 0, 0.52 at step 2" in md
+    assert "failure" in figures.run_summary("mlp", tmp_path / "missing.json")
+
+
+# --- pictures: optimizer trajectories --------------------------------------------------------
+
+def test_rosenbrock_gradient_is_derived_and_matches_finite_differences():
+    from derive import reference
+
+    d = derive.define("rosenbrock_for_test", figures.rosenbrock)
+    x, y = np.array([-1.2, 0.3, 1.0]), np.array([1.0, -0.5, 1.0])
+    f = lambda x_, y_: reference.forward(d, {"x": x_, "y": y_})["f"]  # noqa: E731
+    got = reference.vjp(d, {"g": np.ones(3)}, {"x": x, "y": y})
+    h = 1e-6
+    fd_x = (f(x + h, y) - f(x - h, y)) / (2 * h)
+    fd_y = (f(x, y + h) - f(x, y - h)) / (2 * h)
+    np.testing.assert_allclose(got["x"], fd_x, rtol=1e-6, atol=1e-6, err_msg="rosenbrock dL/dx")
+    np.testing.assert_allclose(got["y"], fd_y, rtol=1e-6, atol=1e-6, err_msg="rosenbrock dL/dy")
+    assert np.allclose(got["x"][2], 0) and np.allclose(got["y"][2], 0)  # the minimum (1, 1)
+
+
+def test_trajectories_run_each_optimizer_and_all_go_downhill():
+    t = figures.trajectories(steps=200)
+    assert set(t.paths) == {"gradient descent", "momentum", "RMSprop", "Adam"}
+    X, Y, F = t.grid
+
+    def f(p):
+        return (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2  # only to score the result
+
+    for name, path in t.paths.items():
+        assert path.shape == (201, 2) and np.isfinite(path).all(), name
+        assert np.allclose(path[0], figures.START), name
+        assert f(path[-1]) < 0.5 * f(path[0]), f"{name} went from f={f(path[0])} to f={f(path[-1])}"
+    assert F.shape == X.shape and np.isclose(F.min(), 0, atol=1e-3)
+    # the first step of gradient descent is -lr * (the derived gradient at the start)
+    from derive import reference
+
+    lr = figures.RUNS["gradient descent"][1]["lr"]
+    step = (t.paths["gradient descent"][1] - t.paths["gradient descent"][0]) / -lr
+    g = reference.vjp(derive.define("rosenbrock_start", figures.rosenbrock), {"g": np.ones(1)},
+                      {"x": np.array([figures.START[0]]), "y": np.array([figures.START[1]])})
+    assert np.allclose(step, [g["x"][0], g["y"][0]])
+
+
+def test_trajectories_figure_is_a_png():
+    assert figures.trajectories_figure(figures.trajectories(steps=20)).startswith(PNG)
+
+
+# --- pages that show the pictures ------------------------------------------------------------
+
+IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("page, figure", [
+    ("guides/gradient-descent.md", "optimizer-trajectories.png"),
+    ("guides/training.md", "gpt-loss.png"),
+    ("guides/training.md", "mlp-loss.png"),
+    ("models/gpt.md", "gpt-loss.png"),
+])
+def test_page_shows_the_figure_with_alt_text(page, figure):
+    md = (ROOT / "docs" / page).read_text()
+    alts = [alt for alt, src in IMAGE.findall(md) if src == f"../{figures.FIGURES_DIR}/{figure}"]
+    assert alts, f"docs/{page} does not show {figure}"
+    assert all(len(a.split()) >= 10 for a in alts), f"docs/{page}: {figure} needs alt text saying what it shows"
+
+
+def test_gpt_page_links_every_layer_the_gpt_calls():
+    import models
+    from models.layers import KernelLayer
+
+    m = models.GPT(models.GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4), seed=0)
+    used = {layer._op.name for layer in m.modules() if isinstance(layer, KernelLayer)}
+    used |= {u for n in list(used) for u in derive.layer(n).graph.uses}  # attention -> softmax, ...
+    assert {"embedding", "layernorm", "linear", "attention", "softmax", "gelu_erf", "residual",
+            "cross_entropy"} <= used
+    md = (ROOT / "docs" / "models" / "gpt.md").read_text()
+    missing = [n for n in sorted(used) if f"](../layers/{n}.md)" not in md]
+    assert not missing, f"docs/models/gpt.md does not link the layer pages of {missing}"
+    assert "<!-- symgrad:source models.gpt:GPT.backward -->" in md
 
 
 # --- symgrad docs -----------------------------------------------------------------------------

@@ -78,6 +78,25 @@ def test_every_built_in_layer_has_a_page(built):
     assert not missing, f"layers without a page: {missing}"
 
 
+FIGURE_PAGES = {"guides/gradient-descent": ["optimizer-trajectories.png"],
+                "guides/training": ["gpt-loss.png", "mlp-loss.png"],
+                "models/gpt": ["gpt-loss.png"]}
+
+
+def test_figures_are_rendered_into_the_site_and_shown_with_alt_text(built):
+    if built.proc.returncode != 0:
+        pytest.fail("the site did not build; see the build test")
+    for page, figs in FIGURE_PAGES.items():
+        html = (built.site / page / "index.html").read_text()
+        for fig in figs:
+            png = built.site / "figures" / fig
+            assert png.is_file() and png.read_bytes().startswith(b"\x89PNG"), f"{png} is not a PNG"
+            imgs = re.findall(r'<img alt="([^"]*)" src="\.\./\.\./figures/' + re.escape(fig) + '"', html)
+            assert imgs and all(len(a.split()) >= 10 for a in imgs), f"{page}: no <img> of {fig} with alt text"
+    # the committed data comes along, for readers who want the numbers
+    assert (built.site / "data" / "gpt-loss.json").is_file()
+
+
 # --- serve and browse ------------------------------------------------------------------------
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -293,3 +312,25 @@ def test_every_page_loads_offline_without_errors(browser, server, built):
     finally:
         v.close()
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("page", sorted(FIGURE_PAGES))
+def test_figures_load_and_are_visible_in_the_browser(page, browser, server, shots):
+    v = Visit(browser, f"{server}/{page}/")
+    try:
+        imgs = v.page.locator("article img")
+        for fig in FIGURE_PAGES[page]:
+            img = v.page.locator(f'article img[src$="figures/{fig}"]')
+            assert img.count() >= 1, f"{page}: no <img> of {fig}"
+            img.first.scroll_into_view_if_needed()
+            r = img.first.evaluate("""i => ({complete: i.complete, w: i.naturalWidth, h: i.naturalHeight,
+                                             shownW: i.getBoundingClientRect().width, alt: i.alt})""")
+            assert r["complete"] and r["w"] > 300 and r["h"] > 200, f"{page}: {fig} did not load: {r}"
+            assert r["shownW"] > 200, f"{page}: {fig} is not visible: {r}"
+            assert len(r["alt"].split()) >= 10, f"{page}: {fig} has no alt text worth the name: {r}"
+            v.page.screenshot(path=str(shots / f"{page.replace('/', '-')}-{fig}"))
+        assert imgs.count() >= len(FIGURE_PAGES[page])
+        assert not v.outside, f"{page}: requests left 127.0.0.1: {v.outside}"
+        assert not v.errors, f"{page}: console errors: {v.errors}"
+    finally:
+        v.close()
