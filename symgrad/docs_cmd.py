@@ -5,6 +5,8 @@
 
 The layer and optimizer pages are generated at build time by docs/hooks.py from derive/; MathJax
 is installed from the npm package into docs/assets/mathjax/ when missing (docs/fetch_assets.py).
+The figures (loss curves from the runs recorded in docs/data/, optimizer trajectories) are drawn
+with matplotlib at build time; re-record a run with `python3 -m docs.figures record gpt|mlp`.
 Needs a source checkout (mkdocs.yml and docs/) and the `docs` extra.
 """
 

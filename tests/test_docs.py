@@ -308,7 +308,7 @@ IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
     ("guides/gradient-descent.md", "optimizer-trajectories.png"),
     ("guides/training.md", "gpt-loss.png"),
     ("guides/training.md", "mlp-loss.png"),
-    ("models/gpt.md", "gpt-loss.png"),
+    ("guides/gpt.md", "gpt-loss.png"),
 ])
 def test_page_shows_the_figure_with_alt_text(page, figure):
     md = (ROOT / "docs" / page).read_text()
@@ -326,9 +326,9 @@ def test_gpt_page_links_every_layer_the_gpt_calls():
     used |= {u for n in list(used) for u in derive.layer(n).graph.uses}  # attention -> softmax, ...
     assert {"embedding", "layernorm", "linear", "attention", "softmax", "gelu_erf", "residual",
             "cross_entropy"} <= used
-    md = (ROOT / "docs" / "models" / "gpt.md").read_text()
+    md = (ROOT / "docs" / "guides" / "gpt.md").read_text()
     missing = [n for n in sorted(used) if f"](../layers/{n}.md)" not in md]
-    assert not missing, f"docs/models/gpt.md does not link the layer pages of {missing}"
+    assert not missing, f"docs/guides/gpt.md does not link the layer pages of {missing}"
     assert "<!-- symgrad:source models.gpt:GPT.backward -->" in md
 
 

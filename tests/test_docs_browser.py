@@ -80,7 +80,7 @@ def test_every_built_in_layer_has_a_page(built):
 
 FIGURE_PAGES = {"guides/gradient-descent": ["optimizer-trajectories.png"],
                 "guides/training": ["gpt-loss.png", "mlp-loss.png"],
-                "models/gpt": ["gpt-loss.png"]}
+                "guides/gpt": ["gpt-loss.png"]}
 
 
 def test_figures_are_rendered_into_the_site_and_shown_with_alt_text(built):
