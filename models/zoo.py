@@ -170,9 +170,14 @@ class CharRNN(Module):
 
 
 class CharRNNTask(Task):
-    """B parallel streams through the train text, T steps per update, state carried across."""
+    """B parallel streams through the train text, T steps per update, state carried across.
 
-    def __init__(self, cell, text, hidden=128, batch_size=32, bptt=32, seed=0, dtype="float32", eval_iters=10):
+    Each step, each stream's carried state is reset to zero with probability `reset_prob`: a model
+    that only ever continued a carried state never learns to start from the zero state, which is
+    where validation and sampling begin (without resets its samples were rare characters only)."""
+
+    def __init__(self, cell, text, hidden=128, batch_size=32, bptt=32, seed=0, dtype="float32", eval_iters=10,
+                 reset_prob=1 / 8):
         self.kind = cell
         self.data = CharData(text, bptt)
         self.model = CharRNN(len(self.data.vocab), hidden, cell, seed, dtype)
@@ -184,11 +189,16 @@ class CharRNNTask(Task):
         self.pos = 0
         self.rng = np.random.default_rng(seed)
         self.state = None
+        self.reset_prob = reset_prob
 
     def train_step(self):
         T, n = self.bptt, self.stride
         if self.pos + T >= n:
             self.pos, self.state = 0, None
+        if self.state is not None:
+            reset = self.rng.random(self.batch_size) < self.reset_prob
+            for s in self.state:
+                s[reset] = 0
         starts = np.arange(self.batch_size) * n + self.pos
         x = np.stack([self.streams[s:s + T] for s in starts])
         y = np.stack([self.streams[s + 1:s + T + 1] for s in starts])
