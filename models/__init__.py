@@ -10,14 +10,14 @@ Optimizer update rules are SymPy definitions too (`models.rules`), printed into 
 """
 
 from .gpt import GPT, GPTConfig
-from .kernels import Op, backend, kernels, profile
+from .kernels import Op, kernels, profile
 from .layers import CausalAttention, CrossEntropy, Elementwise, Embedding, LayerNorm, Linear, Softmax
 from .module import Module, Param
 from .optim import (SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, Optimizer, RMSprop, clip_grad_norm,
                     make_optimizer, OPTIMIZERS)
 from .schedules import Constant, CosineWarmup, StepDecay, make_schedule
 
-__all__ = ["GPT", "GPTConfig", "Op", "backend", "kernels", "profile", "CausalAttention", "CrossEntropy",
+__all__ = ["GPT", "GPTConfig", "Op", "kernels", "profile", "CausalAttention", "CrossEntropy",
            "Elementwise", "Embedding", "LayerNorm", "Linear", "Softmax", "Module", "Param", "SGD",
            "AdaGrad", "Adam", "AdamW", "Momentum", "Nesterov", "Optimizer", "RMSprop", "clip_grad_norm",
            "make_optimizer", "OPTIMIZERS", "Constant", "CosineWarmup", "StepDecay", "make_schedule"]

@@ -9,14 +9,12 @@ them back to the backward kernel together with the upstream gradient.
     out, ctx = op(x=x, W=W, b=b)          # out["y"]
     grads = op.backward(ctx, g=dy)        # grads["x"], grads["W"], grads["b"]
 
-The kernels come from `compiled.kernels(name, dtype)`. When `compiled` is not importable (or
-`SYMGRAD_KERNELS=reference` is set), they come from `derive.reference`, the float64 NumPy
-evaluator of the same derived expressions: slow, but equally free of hand-written gradients.
+The kernels come from `compiled.kernels(name, dtype)`: Numba functions printed from the derived
+expressions, float32 for training and float64 for verification.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,61 +23,10 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
+import compiled
 import derive
 
-__all__ = ["kernels", "Op", "Ctx", "backend", "profile"]
-
-
-class _ReferenceKernels:
-    """The `compiled.kernels` interface over `derive.reference` (float64, cast to dtype)."""
-
-    def __init__(self, derivation, dtype):
-        self.derivation = derivation
-        self.dtype = np.dtype(dtype)
-        self.source_path = None
-
-    def _args(self, args):
-        names = {a.name for a in self.derivation.arguments}
-        return {k: v for k, v in args.items() if k in names}
-
-    def forward(self, out=None, **args):
-        from derive import reference
-        res = reference.forward(self.derivation, self._args(args))
-        res = {k: np.asarray(v, dtype=self.dtype) if np.ndim(v) else self.dtype.type(v)
-               for k, v in res.items()}
-        return _into(res, out)
-
-    def backward(self, out=None, **kw):
-        from derive import reference
-        d = self.derivation
-        up_names = {d.upstream(o.name) for o in d.outputs}
-        upstream = {k: v for k, v in kw.items() if k in up_names}
-        res = reference.vjp(d, upstream, self._args(kw))
-        res = {k: np.asarray(v, dtype=self.dtype) if np.ndim(v) else self.dtype.type(v)
-               for k, v in res.items()}
-        return _into(res, out)
-
-
-def _into(res, out):
-    if out:
-        for k, buf in out.items():
-            if k in res:
-                buf[...] = res[k]
-                res[k] = buf
-    return res
-
-
-def backend() -> str:
-    """'compiled' or 'reference': where the kernels come from in this process."""
-    if os.environ.get("SYMGRAD_KERNELS", "") == "reference":
-        return "reference"
-    try:
-        import compiled
-        if hasattr(compiled, "kernels"):
-            return "compiled"
-    except ImportError:
-        pass
-    return "reference"
+__all__ = ["kernels", "Op", "Ctx", "profile"]
 
 
 def _derivation(name_or_derivation):
@@ -90,17 +37,10 @@ def _derivation(name_or_derivation):
 
 @lru_cache(maxsize=None)
 def _kernels_by_name(name, dtype):
-    return _make(name, dtype)
+    return compiled.kernels(name, dtype=dtype)
 
 
-_BY_ID: dict = {}
-
-
-def _make(name_or_derivation, dtype):
-    if backend() == "compiled":
-        import compiled
-        return compiled.kernels(name_or_derivation, dtype=dtype)
-    return _ReferenceKernels(_derivation(name_or_derivation), dtype)
+_BY_ID: dict = {}  # id(derivation) -> (derivation, kernels): the derivation is kept alive with its id
 
 
 def kernels(name_or_derivation, dtype="float32"):
@@ -110,7 +50,7 @@ def kernels(name_or_derivation, dtype="float32"):
         return _kernels_by_name(name_or_derivation, dtype)
     key = (id(name_or_derivation), dtype)
     if key not in _BY_ID:
-        _BY_ID[key] = (name_or_derivation, _make(name_or_derivation, dtype))
+        _BY_ID[key] = (name_or_derivation, compiled.kernels(name_or_derivation, dtype=dtype))
     return _BY_ID[key][1]
 
 
