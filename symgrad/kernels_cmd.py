@@ -43,15 +43,19 @@ def kernels_main(argv) -> int:
 
 # --- benchmark ------------------------------------------------------------------------------
 
-def _limit_threads():
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(THREADS))
+def _limit_threads(threads=THREADS):
+    """Both sides get `threads` threads: Numba, and the BLAS under Numba's np.dot (SciPy's
+    OpenBLAS reads OPENBLAS_NUM_THREADS when it loads, so this runs before any import of it)."""
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
     for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(v, str(THREADS))
+        os.environ.setdefault(v, str(threads))
     try:
         from threadpoolctl import threadpool_limits
-        threadpool_limits(THREADS)
+        threadpool_limits(threads)
     except ImportError:
         pass
+    import compiled  # OpenBLAS may be loaded already (derive imports SciPy): set it directly
+    compiled.set_blas_threads(threads)
 
 
 def _cases(B=12, T=64, C=128, H=4, V=65):
@@ -192,9 +196,9 @@ def _time(fn, n):
     return (time.perf_counter() - t0) / n * 1e3
 
 
-def bench(rounds=7, target_s=0.05, only=None):
+def bench(rounds=7, target_s=0.05, only=None, threads=THREADS):
     import torch
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     results = []
     for name, sg, th in _cases():
         if only and name not in only:
@@ -215,31 +219,35 @@ def bench(rounds=7, target_s=0.05, only=None):
                         "speedup": round(statistics.median(ratios), 3),
                         "speedup_min": round(min(ratios), 3), "speedup_max": round(max(ratios), 3),
                         "speedup_iqr": [round(q[0], 3), round(q[2], 3)], "rounds": rounds,
-                        "iterations_per_round": n, "threads": THREADS})
+                        "iterations_per_round": n, "threads": threads})
     return results
 
 
 def bench_main(argv) -> int:
     p = argparse.ArgumentParser(prog="symgrad bench kernels",
                                 description="Forward+backward of the compiled kernels vs PyTorch eager "
-                                            "(B=12, T=64, C=128, 4 heads, vocab 65; 2 threads each).")
+                                            "(B=12, T=64, C=128, 4 heads, vocab 65; 2 threads each unless --threads).")
     p.add_argument("--json", action="store_true", help="print a JSON list of results")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--only", nargs="*", help="kernels to run (default: all)")
+    p.add_argument("--threads", type=int, default=THREADS,
+                   help="threads for each side (1 gives stable ratios on a busy machine)")
     a = p.parse_args(argv)
-    _limit_threads()
+    if a.threads < 1:
+        p.error("--threads must be at least 1")
+    _limit_threads(a.threads)
     try:
         import torch  # noqa: F401
     except ImportError:
         print("symgrad bench kernels: PyTorch is needed as the peer (pip install torch==2.13.0)",
               file=sys.stderr)
         return 2
-    res = bench(a.rounds, only=a.only)
+    res = bench(a.rounds, only=a.only, threads=a.threads)
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
     print(f"{'kernel':22s} {'symgrad ms':>11s} {'torch ms':>9s} {'speedup':>8s}  spread (min..max over "
-          f"{a.rounds} interleaved rounds)")
+          f"{a.rounds} interleaved rounds, {a.threads} thread{'s' if a.threads > 1 else ''} each)")
     for r in res:
         print(f"{r['kernel']:22s} {r['symgrad_ms']:11.3f} {r['torch_ms']:9.3f} {r['speedup']:7.2f}x  "
               f"{r['speedup_min']:.2f}..{r['speedup_max']:.2f}")
