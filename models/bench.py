@@ -23,7 +23,10 @@ def main(a) -> int:
     from .optim import AdamW
     from .torch_gpt import from_symgrad
 
+    import compiled
+
     numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
+    compiled.set_blas_threads(a.threads)  # SciPy's OpenBLAS, which np.dot inside the kernels uses
     torch.set_num_threads(a.threads)
     cfg = GPTConfig()
     model = GPT(cfg, seed=0)
