@@ -153,6 +153,20 @@ class Trainer:
             self.log(f"interrupted at step {self.state.step}; checkpoint saved to {self.ckpt_path}")
         return self.state
 
+    def run_for_cli(self, steps: int):
+        """`run`, then the command line's exit status: None when the run finished (its val
+        losses printed), 1 after a NaN/Inf stop (its message printed), 130 after Ctrl-C."""
+        try:
+            state = self.run(steps)
+        except TrainingStopped as e:
+            print(f"symgrad train: {e}", file=sys.stderr)
+            return 1
+        if self._interrupted:
+            return 130
+        if state.val_history:
+            print("val loss: " + ", ".join(f"{s}: {v:.3f}" for s, v in state.val_history))
+        return None
+
 
 def _main_thread():
     import threading

@@ -8,7 +8,6 @@ expression only (`sgns_loss`), its gradient derived by derive/ like every other.
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 
 import numpy as np
@@ -378,7 +377,7 @@ def train_word2vec(text, steps=3000, lr=0.01, optimizer="adam", batch_size=512, 
 def train_cli(a, UsageError) -> int:
     from .optim import make_optimizer
     from .schedules import make_schedule
-    from .trainer import Trainer, TrainingStopped
+    from .trainer import Trainer
     if a.resume and a.model not in ("rnn", "lstm"):
         raise UsageError(f"--resume is supported for gpt, rnn and lstm, not {a.model}")
     if a.model == "mlp":
@@ -446,14 +445,9 @@ def train_cli(a, UsageError) -> int:
         trainer.restore(ck)
     print(f"training char {a.model.upper()} (hidden {hidden}, {task.model.num_parameters():,} parameters, "
           f"truncated BPTT over {bptt} steps, batch {batch}) for {steps} steps -> {out}")
-    try:
-        state = trainer.run(steps)
-    except TrainingStopped as e:
-        print(f"symgrad train: {e}", file=sys.stderr)
-        return 1
-    if trainer._interrupted:
-        return 130
-    print("val loss: " + ", ".join(f"{s}: {v:.3f}" for s, v in state.val_history))
+    rc = trainer.run_for_cli(steps)
+    if rc is not None:
+        return rc
     if a.sample_tokens > 0:
         from .sample import generate
         model, vocab = task.model, task.data.vocab

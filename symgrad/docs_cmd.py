@@ -12,7 +12,6 @@ Needs a source checkout (mkdocs.yml and docs/) and the `docs` extra.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import signal
@@ -22,23 +21,16 @@ import threading
 import time
 from pathlib import Path
 
+from symgrad.usage import Parser, UsageError
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "mkdocs.yml"
 # mkdocs-material and properdocs print notices about MkDocs 2 on every run; they are not ours.
 QUIET = {"NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
 
 
-class _BadInput(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _BadInput(message)
-
-
 def _parser():
-    p = _Parser(prog="symgrad docs", description="Build or serve the derivation site.")
+    p = Parser(prog="symgrad docs", description="Build or serve the derivation site.")
     sub = p.add_subparsers(dest="action", metavar="build|serve")
     b = sub.add_parser("build", help="build the site (mkdocs build --strict)")
     b.add_argument("--site-dir", default=None, help="output folder (default: site/)")
@@ -93,7 +85,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = _parser().parse_args(argv)
-    except _BadInput as e:
+    except UsageError as e:
         print(f"symgrad docs: {e}", file=sys.stderr)
         return 2
     if args.action is None:

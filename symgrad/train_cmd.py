@@ -18,16 +18,9 @@ import math
 import sys
 from pathlib import Path
 
+from symgrad.usage import Parser, UsageError
+
 MODELS = ("gpt", "mlp", "rnn", "lstm", "word2vec")
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
 
 
 def _positive_int(s):
@@ -60,7 +53,7 @@ GPT_SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "dtype")
 
 
 def _train_parser():
-    p = _Parser(prog="symgrad train", description="Train a model with the JIT-compiled kernels.")
+    p = Parser(prog="symgrad train", description="Train a model with the JIT-compiled kernels.")
     p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--steps", type=_positive_int, help="total training steps (default per model)")
     p.add_argument("--lr", type=_lr, help="learning rate (default per model/optimizer)")
@@ -148,7 +141,7 @@ def _train_gpt(a) -> int:
     from models.sample import generate
     from models.schedules import make_schedule
     from models.tasks import GPTTask
-    from models.trainer import Trainer, TrainingStopped
+    from models.trainer import Trainer
 
     ck = None
     if a.resume:
@@ -186,7 +179,7 @@ def _train_gpt(a) -> int:
     try:
         text = read_text(a.text)
         if ck is not None and sorted(set(text)) != sorted(ck["meta"]["config"]["vocab"]):
-            raise UsageError(f"the text's characters differ from the checkpoint's vocabulary")
+            raise UsageError("the text's characters differ from the checkpoint's vocabulary")
         task = GPTTask(cfg, text, batch_size=batch, seed=seed)
     except DataError as e:
         raise UsageError(str(e)) from None
@@ -221,15 +214,9 @@ def _train_gpt(a) -> int:
         print(f"training GPT ({task.model.num_parameters():,} parameters, {cfg.n_layer} layers, "
               f"{cfg.n_head} heads, {cfg.n_embd} dims, block {cfg.block_size}, batch {batch}) with "
               f"{opt_name} lr {lr} for {steps} steps -> {out}")
-    try:
-        state = trainer.run(steps)
-    except TrainingStopped as e:
-        print(f"symgrad train: {e}", file=sys.stderr)
-        return 1
-    if trainer._interrupted:
-        return 130
-    if state.val_history:
-        print("val loss: " + ", ".join(f"{s}: {v:.3f}" for s, v in state.val_history))
+    rc = trainer.run_for_cli(steps)
+    if rc is not None:
+        return rc
     print(f"checkpoint: {trainer.ckpt_path}")
     if a.sample_tokens > 0:
         vocab = task.data.vocab
@@ -242,7 +229,7 @@ def _train_gpt(a) -> int:
 
 # --- symgrad sample ------------------------------------------------------------------------
 def sample_main(argv) -> int:
-    p = _Parser(prog="symgrad sample", description="Sample text from a trained character model.")
+    p = Parser(prog="symgrad sample", description="Sample text from a trained character model.")
     p.add_argument("checkpoint")
     p.add_argument("--tokens", type=_positive_int, default=500)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -289,7 +276,7 @@ def sample_main(argv) -> int:
 
 # --- symgrad bench train -------------------------------------------------------------------
 def bench_main(argv) -> int:
-    p = _Parser(prog="symgrad bench train", description="Training-step speed of symgrad against PyTorch eager.")
+    p = Parser(prog="symgrad bench train", description="Training-step speed of symgrad against PyTorch eager.")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--rounds", type=_positive_int, default=5)
     p.add_argument("--steps", type=_positive_int, default=10, help="steps per round and side")

@@ -11,7 +11,6 @@ Errors are one line on stderr; the report goes to stdout (as JSON with --json).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import importlib.util
@@ -19,18 +18,11 @@ import json
 import os
 import sys
 
-
-class _BadInput(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _BadInput(message)
+from symgrad.usage import Parser, UsageError
 
 
 def _parser():
-    p = _Parser(prog="symgrad verify", description="Check a hand-derived gradient against the "
+    p = Parser(prog="symgrad verify", description="Check a hand-derived gradient against the "
                 "derivation: symbolic equivalence where it can be decided, numbers always, and a "
                 "counterexample when it is wrong.")
     p.add_argument("candidate", metavar="FILE.py:FUNCTION",
@@ -50,19 +42,19 @@ def _parser():
 def _split(spec: str, what: str):
     path, sep, name = spec.rpartition(":")
     if not sep or not path or not name:
-        raise _BadInput(f"{what} must look like FILE.py:NAME, got '{spec}'")
+        raise UsageError(f"{what} must look like FILE.py:NAME, got '{spec}'")
     return path, name
 
 
 def load(spec: str, what: str = "candidate"):
-    """The object NAME from FILE.py for a FILE.py:NAME spec; _BadInput with one line otherwise."""
+    """The object NAME from FILE.py for a FILE.py:NAME spec; UsageError with one line otherwise."""
     path, name = _split(spec, what)
     if not os.path.isfile(path):
-        raise _BadInput(f"no such file: {path}")
+        raise UsageError(f"no such file: {path}")
     mod_name = "_symgrad_user_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
     spec_ = importlib.util.spec_from_file_location(mod_name, path)
     if spec_ is None or spec_.loader is None:
-        raise _BadInput(f"cannot import {path}: not a Python file")
+        raise UsageError(f"cannot import {path}: not a Python file")
     module = importlib.util.module_from_spec(spec_)
     sys.modules[mod_name] = module
     folder = os.path.dirname(os.path.abspath(path))
@@ -70,11 +62,11 @@ def load(spec: str, what: str = "candidate"):
     try:
         spec_.loader.exec_module(module)
     except SyntaxError as e:
-        raise _BadInput(f"cannot import {path}: SyntaxError: {e.msg} (line {e.lineno})") from None
+        raise UsageError(f"cannot import {path}: SyntaxError: {e.msg} (line {e.lineno})") from None
     except BaseException as e:  # noqa: BLE001 - a user file may raise anything, even SystemExit
         if isinstance(e, KeyboardInterrupt):
             raise
-        raise _BadInput(f"importing {path} raised {type(e).__name__}: {e}") from None
+        raise UsageError(f"importing {path} raised {type(e).__name__}: {e}") from None
     finally:
         with contextlib.suppress(ValueError):
             sys.path.remove(folder)
@@ -82,7 +74,7 @@ def load(spec: str, what: str = "candidate"):
         defined = sorted(n for n, v in vars(module).items()
                          if not n.startswith("_") and (callable(v) or hasattr(v, "free_symbols"))
                          and getattr(v, "__module__", mod_name) == mod_name)
-        raise _BadInput(f"{path} has no {what} '{name}'"
+        raise UsageError(f"{path} has no {what} '{name}'"
                         + (f" (it defines: {', '.join(defined)})" if defined else ""))
     return getattr(module, name)
 
@@ -93,7 +85,7 @@ def _layer(spec: str):
 
         build = load(spec, "layer definition")
         if not callable(build):
-            raise _BadInput(f"{spec} is not a function build(G)")
+            raise UsageError(f"{spec} is not a function build(G)")
         return derive.define(spec.rpartition(":")[2], build)
     return spec
 
@@ -104,7 +96,7 @@ def main(argv) -> int:
 
     try:
         args = _parser().parse_args(list(argv))
-    except _BadInput as e:
+    except UsageError as e:
         print(f"symgrad verify: {e}", file=sys.stderr)
         return 2
     except SystemExit as e:  # --help
@@ -117,7 +109,7 @@ def main(argv) -> int:
             candidate = load(args.candidate)
             report = verify(target, args.wrt, candidate, eps=args.eps, atol=args.atol,
                             rtol=args.rtol, trials=args.trials, seed=args.seed, dtype=args.dtype)
-    except (_BadInput, DeriveError) as e:
+    except (UsageError, DeriveError) as e:
         print(f"symgrad verify: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - no traceback reaches the user
