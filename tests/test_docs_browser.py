@@ -163,7 +163,7 @@ class Visit:
         self.page.on("request", self._request)
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
-        self.page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url} {r.failure}"))
+        self.page.on("requestfailed", self._failed)
         self.page.on("response", lambda r: r.status >= 400 and self.errors.append(f"HTTP {r.status}: {r.url}"))
         if url:
             self.goto(url)
@@ -181,6 +181,13 @@ class Visit:
         self.requests.append(request.url)
         if not self._local(request.url) and request.url not in self.outside:
             self.outside.append(request.url)
+
+    def _failed(self, request):
+        # a local request cancelled because the previous page was left (its favicon, say) is not
+        # a failure of the site; a missing local file still shows as an HTTP 404 response
+        if self._local(request.url) and "ERR_ABORTED" in (request.failure or ""):
+            return
+        self.errors.append(f"request failed: {request.url} {request.failure}")
 
     def _route(self, route):
         if self._local(route.request.url):
