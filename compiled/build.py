@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from . import elementary
-from .version import GENERATOR_VERSION
+from derive import steps
+from derive.derivation import lhs_of
 from derive.functions import MaxOver
 
-from .lower import Lowerer, Nest
+from . import elementary
+from .lower import Lowerer
+from .version import GENERATOR_VERSION
 from .writer import KernelWriter
 
 FASTMATH = "{'arcp', 'contract', 'afn', 'reassoc', 'nsz'}"  # never nnan/ninf: NaN checks stay right
@@ -70,8 +72,8 @@ def layer_key(d, dtype: str) -> str:
     for b in d.graph.bindings:
         h.update(f"{b.name}:{b.save}:{b.stop_gradient}:{sp.srepr(b.lhs)}={sp.srepr(b.expr)};".encode())
     h.update(("|".join(o.name for o in d.graph.outputs)).encode())
-    for a, e in d.grads.items():
-        h.update(f"{a}:{sp.srepr(sp.Tuple(*d.grad_indices[a]))}={sp.srepr(e)};".encode())
+    for name, idx, e in d.program:  # what the backward kernel is printed from
+        h.update(f"{name}:{sp.srepr(sp.Tuple(*idx))}={sp.srepr(e)};".encode())
     return h.hexdigest()[:16]
 
 
@@ -178,7 +180,7 @@ class ModuleBuilder:
     def backward(self) -> KernelSpec:
         d, g = self.d, self.g
         spec = KernelSpec(f"{self.fname}_backward")
-        exprs = [sp.sympify(e) for e in d.grads.values()]
+        exprs = [sp.sympify(e) for _, _, e in d.program]
         read = set()
         for e in exprs:
             read |= {str(ix.base.label) for ix in e.atoms(sp.Indexed)}
@@ -210,33 +212,44 @@ class ModuleBuilder:
                         read.add(t.name)
         for dim in g.dims_:
             spec.params.append(Param(str(dim), "dim"))
+        # the backward program: adjoints several gradients read (attention's g_S, an LSTM's g_z)
+        # are temporaries computed once, then every gradient d<arg>
         extents = dict(g.extents)
-        gidx, gexpr = {}, {}
-        for a in d.grads:
-            t = g.tensor(a)
-            idx, ren = [], {}
-            for i, s in zip(d.grad_indices[a], t.shape):
-                if i in extents and sp.simplify(extents[i] - s) != 0:
+        eqs = []
+        for name, idx, expr in d.program:
+            shape = g.tensor(name[1:]).shape if name[1:] in d.grads and name.startswith("d") \
+                else self._adjoint_shape(name)
+            new_idx, ren = [], {}
+            for i, s_ in zip(idx, shape):
+                if i in extents and sp.simplify(extents[i] - s_) != 0:
                     # the same letter runs over another range elsewhere: a symbol of its own
                     ren[i] = sp.Dummy(str(i), integer=True)
                     i = ren[i]
-                extents[i] = s
-                idx.append(i)
-            gidx[a] = tuple(idx)
-            gexpr[a] = sp.sympify(d.grads[a]).xreplace(ren) if ren else sp.sympify(d.grads[a])
+                extents[i] = s_
+                new_idx.append(i)
+            expr = sp.sympify(expr)
+            eqs.append((name, tuple(new_idx), expr.xreplace(ren) if ren else expr, tuple(shape)))
         arrays = {p.name: tuple(p.shape) for p in spec.params if p.kind in ("array", "int_array")}
-        for a in d.grads:
-            t = g.tensor(a)
-            if t.shape:
-                spec.params.append(Param("d" + a, "out", t.shape))
+        temps = []
+        for name, idx, expr, shape in eqs:
+            arrays[name] = shape
+            if name.startswith("d") and name[1:] in d.grads:
+                if shape:
+                    spec.params.append(Param(name, "out", shape))
+                else:
+                    spec.returns.append(name)
             else:
-                spec.returns.append("d" + a)
-            arrays["d" + a] = tuple(t.shape)
+                temps.append((name, shape))
         low = Lowerer(extents, arrays, blas=self.blas)
-        for a in d.grads:
-            low.lower("d" + a, gidx[a] if g.tensor(a).shape else (), gexpr[a])
-        spec.source = self.emit(spec, low, [])
+        for name, idx, expr, shape in eqs:
+            low.lower(name, idx if shape else (), expr)
+        spec.source = self.emit(spec, low, temps)
         return spec
+
+    def _adjoint_shape(self, name):
+        """The shape of an intermediate adjoint g_<binding> (or gtotal_<binding>)."""
+        binding = name.split("_", 1)[1]
+        return tuple(self.g.tensor(binding).shape)
 
     # --- source ------------------------------------------------------------------------------
     def emit(self, spec: KernelSpec, low: Lowerer, temps) -> str:
@@ -250,6 +263,9 @@ class ModuleBuilder:
         for t in low.out.temps:
             names[t.name] = ident(t.name)
             taken.add(names[t.name])
+        for name, _ in temps:  # the backward program's intermediate adjoints (g_S, g_z)
+            names.setdefault(name, ident(name))
+            taken.add(names[name])
         for r in spec.returns:
             names.setdefault(r, ident(r))
             names[sp.Symbol(r, real=True)] = names[r]
@@ -282,8 +298,9 @@ class ModuleBuilder:
             text = [s.text for s in self.d.steps_of("definition")]
             head = f"Forward of {self.d.name}: every binding in order."
         else:
-            text = [s.text for s in self.d.steps_of("simplified")]
-            head = f"Backward of {self.d.name}: the derived vector-Jacobian products."
+            text = [f"{steps.text(lhs_of(n, idx))} = {steps.text(e)}" for n, idx, e in self.d.program]
+            head = (f"Backward of {self.d.name}: the derived vector-Jacobian products, adjoints that "
+                    f"several gradients read computed once.")
         body = "\n".join("    " + t.replace("\\", "\\\\").replace('"""', "'''") for t in text)
         return f"{head}\n\n{body}\n    "
 

@@ -77,6 +77,7 @@ class ChainRule:
         self.tidx = {t.name: _target_indices(graph, t) for t in graph.tensors()}
         self.adjoint = {}  # tensor name -> expression in its target indices, reading consumers' g_*
         self.folded = {}  # binding name -> its adjoint through the saved bindings (see through_unsaved)
+        self.raw = {}  # argument name -> its adjoint as the chain rule gives it (reads consumers' g_*)
 
     def adj_ref(self, name, idx, base=None):
         t = self.g.tensor(name)
@@ -155,7 +156,58 @@ class ChainRule:
             self.steps.append(Step("inlined", t.name, self.grad_lhs(t), self.named(inlined)))
             grads[t.name] = self.named(fold(inlined, g))
             self.steps.append(Step("simplified", t.name, self.grad_lhs(t), grads[t.name]))
+            self.raw[t.name] = raw
         return grads, self.steps
+
+    # --- the backward program the kernels compute ---------------------------------------------
+    def uses(self):
+        """binding -> the arguments whose gradient reads its adjoint (directly or through others)."""
+        names = {adjoint_name(self.g, b): b for b in self.adjoint}
+
+        def refs(expr):
+            out = {names[_label(a)] for a in expr.atoms(sp.Indexed) if _label(a) in names}
+            return out | {names[a.name] for a in expr.free_symbols
+                          if isinstance(a, sp.Symbol) and a.name in names}
+
+        out = defaultdict(set)
+        for arg, raw in self.raw.items():
+            todo, seen = list(refs(raw)), set()
+            while todo:
+                b = todo.pop()
+                if b in seen:
+                    continue
+                seen.add(b)
+                out[b].add(arg)
+                todo += refs(self.adjoint[b])
+        return out
+
+    def program(self, grads):
+        """The backward as a kernel computes it: the adjoint of a binding is materialized where
+        the gradients of two or more arguments read it and no binding it reads is read by exactly
+        the same ones (so the one nearest the arguments: attention's g_S, an LSTM's g_z, the
+        multi-head q, k, v); every other adjoint is inlined. Returns [(name, indices, expr)],
+        intermediates first; each gradient is named d<argument>."""
+        g, uses = self.g, self.uses()
+        upstream = {upstream_name(g, o.name) for o in g.outputs}
+        keep = []
+        for b in g.bindings:
+            if len(uses[b.name]) < 2 or adjoint_name(g, b.name) in upstream:
+                continue
+            below = [c for c in uses if c != b.name and reads(b.expr, g.tensor(c))]
+            if all(uses[c] != uses[b.name] for c in below):
+                keep.append(b.name)
+        inline_only = set(self.adjoint) - set(keep)
+        eqs = []
+        for name in reversed(keep):  # readers (later bindings) first
+            expr = fold(self.inline(self.adjoint[name], name, only=inline_only), g)
+            eqs.append((adjoint_name(g, name), self.tidx[name], self.named(expr)))
+        for arg, raw in self.raw.items():
+            if any(arg in uses[k] for k in keep):
+                expr = self.named(fold(self.inline(raw, arg, only=inline_only), g))
+            else:
+                expr = grads[arg]  # reads no kept adjoint: the same as the inlined gradient
+            eqs.append((grad_name(arg), self.tidx[arg], expr))
+        return eqs
 
     def through_unsaved(self, b):
         """Where every reader of binding b is an unsaved intermediate, also record b's adjoint with
@@ -193,8 +245,7 @@ class ChainRule:
                 name = names[_label(a)]
                 # a folded adjoint keeps its factored form: attention's P * (g_P - sum_l P g_P)
                 # cancels where the expanded form would subtract two large products
-                body = deltas.rename_bound(self.folded.get(name, self.adjoint[name]) if only is None
-                                           else self.adjoint[name])
+                body = deltas.rename_bound(self.folded.get(name, self.adjoint[name]))
                 if isinstance(a, sp.Indexed):
                     body = body.xreplace(dict(zip(self.tidx[name], a.indices)))
                 sub[a] = body

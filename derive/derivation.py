@@ -18,12 +18,17 @@ class Derivation:
     `grads` maps each differentiable argument to its vector-Jacobian product: an index expression
     (free indices `grad_indices[name]`) reading the layer's arguments, its saved bindings and the
     upstream gradients (`g`, or `g_<output>` for several outputs).
+
+    `program` is the same backward as the kernels compute it: adjoints that several gradients
+    read (attention's g_S, an LSTM's g_z) computed once, as equations before the gradients
+    (`d<argument>`) that read them.
     """
 
     graph: Graph
     grads: dict
     steps: list = field(default_factory=list)
     grad_indices: dict = field(default_factory=dict)
+    program: list = field(default_factory=list)  # [(name, indices, expr)]: see chain.ChainRule.program
 
     @property
     def name(self) -> str:
@@ -94,8 +99,16 @@ class Derivation:
                           "text": Step("simplified", a, self.grad(a).lhs, e).text}
                       for a, e in self.grads.items()},
             "steps": [s.as_dict() for s in self.steps],
+            "program": [{"name": n, "indices": [str(i) for i in idx], "srepr": sp.srepr(e),
+                         "text": Step("program", n, lhs_of(n, idx), e).text,
+                         "latex": Step("program", n, lhs_of(n, idx), e).latex} for n, idx, e in self.program],
             "notes": list(self.graph.notes),
         }
+
+
+def lhs_of(name, idx):
+    """name[idx] (a plain symbol when idx is empty): the left side of a program equation."""
+    return sp.IndexedBase(name, real=True)[tuple(idx)] if idx else sp.Symbol(name, real=True)
 
 
 def derive_graph(graph: Graph) -> Derivation:
@@ -103,5 +116,5 @@ def derive_graph(graph: Graph) -> Derivation:
     rule = chain.ChainRule(graph)
     grads, steps = rule.run()
     definitions = [Step("definition", b.name, b.lhs, b.expr) for b in graph.bindings]
-    return Derivation(graph, grads, definitions + steps,
-                      {a: rule.tidx[a] for a in grads})
+    return Derivation(graph, grads, definitions + steps, {a: rule.tidx[a] for a in grads},
+                      rule.program(grads))

@@ -11,7 +11,8 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter, greek_letters_set
 from sympy.printing.str import StrPrinter
 
-KINDS = ("definition", "partial", "chain", "inlined", "simplified")
+KINDS = ("definition", "partial", "chain", "inlined", "simplified")  # a Derivation's steps
+# (a Derivation's `program` is printed with the kind "program")
 
 
 class TextPrinter(StrPrinter):

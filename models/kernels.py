@@ -95,9 +95,9 @@ class Op:
         self.saved = [t.name for t in self.derivation.saved]
         self.outputs = [t.name for t in self.derivation.outputs]
         self.upstream = {o: self.derivation.upstream(o) for o in self.outputs}
-        # The backward kernel gets the arguments and those saved bindings its expressions read.
+        # The backward kernel gets the arguments and those saved bindings its program reads.
         read = set()
-        for e in self.derivation.grads.values():
+        for _, _, e in self.derivation.program:
             read |= {str(ix.base.label) for ix in e.atoms(sp.Indexed)}
             read |= {s.name for s in e.free_symbols}
         self._keep = {a.name for a in self.derivation.arguments} | (set(self.saved) & read)

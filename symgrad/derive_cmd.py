@@ -6,7 +6,8 @@ import argparse
 import json
 
 import derive
-from derive.steps import KINDS
+from derive.derivation import lhs_of
+from derive.steps import KINDS, text
 
 _LABEL = {"definition": "definition", "partial": "partial", "chain": "chain rule",
           "inlined": "deltas", "simplified": "simplified"}
@@ -17,6 +18,9 @@ def render_text(d) -> str:
     for kind in KINDS:
         for s in d.steps_of(kind):
             lines.append(f"  {_LABEL[kind]:<11} {s.text}")
+    if any(not name.startswith("d") for name, _, _ in d.program):  # intermediates are kept
+        for name, idx, expr in d.program:
+            lines.append(f"  kernel      {text(lhs_of(name, idx))} = {text(expr)}")
     for note in d.graph.notes:
         lines.append(f"  note        {note}")
     return "\n".join(lines)
