@@ -119,13 +119,7 @@ class ModuleBuilder:
     def forward(self) -> KernelSpec:
         g = self.g
         spec = KernelSpec(f"{self.fname}_forward")
-        for a in g.args:
-            if a.role == "const":
-                spec.params.append(Param(a.name, "const", (), a.default))
-            elif not a.shape:
-                spec.params.append(Param(a.name, "scalar"))
-            else:
-                spec.params.append(Param(a.name, "int_array" if a.integer else "array", a.shape))
+        spec.params += [tensor_param(a) for a in g.args]
         for dim in g.dims_:
             spec.params.append(Param(str(dim), "dim"))
         arrays = {a.name: tuple(a.shape) for a in g.args if a.shape}
@@ -194,12 +188,7 @@ class ModuleBuilder:
         for t in g.tensors():
             if t.name not in read:
                 continue
-            if t.role == "const":
-                spec.params.append(Param(t.name, "const", (), t.default))
-            elif not t.shape:
-                spec.params.append(Param(t.name, "scalar"))
-            else:
-                spec.params.append(Param(t.name, "int_array" if t.integer else "array", t.shape))
+            spec.params.append(tensor_param(t))
         # sizes the gradients need but nothing read carries (embedding's V: only the table has it)
         have = {str(x) for p in spec.params for x in p.shape if sp.sympify(x).is_Symbol}
         for a in g.args:
@@ -303,6 +292,15 @@ class ModuleBuilder:
                     f"several gradients read computed once.")
         body = "\n".join("    " + t.replace("\\", "\\\\").replace('"""', "'''") for t in text)
         return f"{head}\n\n{body}\n    "
+
+
+def tensor_param(t) -> Param:
+    """How a kernel takes a layer tensor: a constant with its default, a scalar, or an array."""
+    if t.role == "const":
+        return Param(t.name, "const", (), t.default)
+    if not t.shape:
+        return Param(t.name, "scalar")
+    return Param(t.name, "int_array" if t.integer else "array", t.shape)
 
 
 def w_index(s, names):

@@ -1,8 +1,7 @@
 """Scalar losses: their upstream gradient g is a scalar (1 for a loss at the top of the graph)."""
 
-from sympy import exp, log
-
 from ..registry import layer
+from .softmax import lse_graph
 
 
 @layer
@@ -13,9 +12,7 @@ def cross_entropy(G):
     logits = G.input("logits", (N, V))
     targets = G.input("targets", (N,), integer=True)
     n, v, k = G.indices(n=N, v=V, k=V)
-    m = G.bind("m", (n,), G.max(logits[n, k], k), stop_gradient=True)
-    z = G.bind("z", (n,), G.sum(exp(logits[n, k] - m[n]), k))
-    lse = G.bind("lse", (n,), m[n] + log(z[n]), save=True)
+    lse = lse_graph(G, logits, n, k)
     loss = G.bind("loss", (), G.sum(lse[n] - logits[n, targets[n]], n) / N)
     G.output(loss)
     G.uses.append("log_softmax")

@@ -24,6 +24,14 @@ def softmax_graph(G, x, rows, j, k, last=None, name="s"):
     return G.bind(name, (*rows, j), e[(*rows, j)] / z[rows], save=True)
 
 
+def lse_graph(G, x, i, k):
+    """Bind lse[i] = log sum_k exp(x[i,k]) in its stable form m[i] + log sum_k exp(x[i,k] - m[i])
+    (m the row max, stop-gradient) and return it; log_softmax and cross_entropy share it."""
+    m = G.bind("m", (i,), G.max(x[i, k], k), stop_gradient=True)
+    z = G.bind("z", (i,), G.sum(exp(x[i, k] - m[i]), k))
+    return G.bind("lse", (i,), m[i] + log(z[i]), save=True)
+
+
 @layer
 def softmax(G):
     """Softmax over the last axis: s[i,j] = exp(x[i,j] - m[i]) / sum_k exp(x[i,k] - m[i])."""
@@ -43,9 +51,7 @@ def log_softmax(G):
     N, n = G.dims("N n")
     x = G.input("x", (N, n))
     i, j, k = G.indices(i=N, j=n, k=n)
-    m = G.bind("m", (i,), G.max(x[i, k], k), stop_gradient=True)
-    z = G.bind("z", (i,), G.sum(exp(x[i, k] - m[i]), k))
-    lse = G.bind("lse", (i,), m[i] + log(z[i]), save=True)
+    lse = lse_graph(G, x, i, k)
     y = G.bind("y", (i, j), x[i, j] - lse[i])
     G.output(y)
     G.notes.append("log sum_k exp(x[i,k]) = m[i] + log sum_k exp(x[i,k] - m[i]) with m[i] the row "
