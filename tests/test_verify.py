@@ -14,6 +14,7 @@ import derive
 from derive.equivalence import Proof
 from derive.verify import VERDICTS, candidate_symbols, verify
 from symgrad.testing import assert_gradient
+from tests.defined_layers import bilinear, swish
 from tests.test_verify_layers import (linear_dW_outer_of_sums, softmax_dx_jacobian,
                                       softmax_dx_no_cross_term)
 
@@ -181,25 +182,8 @@ def test_unstable_candidate_returning_nan_at_large_logits_is_an_error_naming_the
 
 # --- layers defined by their forward alone ------------------------------------------------------
 
-def _swish(G):
-    """swish(x) = x * sigmoid(x)."""
-    N, C = G.dims("N C")
-    x = G.input("x", (N, C))
-    i, j = G.indices(i=N, j=C)
-    G.output(G.bind("y", (i, j), x[i, j] / (1 + sp.exp(-x[i, j]))))
-
-
-def _bilinear(G):
-    """y[n] = sum_ij a[n,i] M[i,j] b[n,j]."""
-    N, I, J = G.dims("N I J")
-    a, b = G.input("a", (N, I)), G.input("b", (N, J))
-    M = G.param("M", (I, J))
-    n, i, j = G.indices(n=N, i=I, j=J)
-    G.output(G.bind("y", (n,), G.sum(G.sum(a[n, i] * M[i, j] * b[n, j], j), i)))
-
-
 def test_defined_layer_swish_hand_derivation():
-    d = derive.define("swish_t", _swish)
+    d = derive.define("swish_t", swish)
 
     def dx(g, x):
         s = 0.5 * (1 + np.tanh(x / 2))
@@ -209,10 +193,10 @@ def test_defined_layer_swish_hand_derivation():
 
 
 def test_defined_layer_bilinear_transpose_mistake():
-    d = derive.define("bilinear_t", _bilinear)
-    assert verify(d, "M", lambda g, a, b: np.einsum("n,ni,nj->ij", g, a, b)).verdict == "matches"
-    report = verify(d, "a", lambda g, b, M: g[:, None] * (b @ M), shapes=[{"I": 2, "J": 2}])
-    assert report.verdict == "wrong"  # forgot M's transpose (square, so the shapes still fit)
+    d = derive.define("bilinear_t", bilinear)
+    assert verify(d, "A", lambda g, x, y: np.einsum("n,ni,nj->ij", g, x, y)).verdict == "matches"
+    report = verify(d, "x", lambda g, y, A: g[:, None] * (y @ A), shapes=[{"P": 2, "Q": 2}])
+    assert report.verdict == "wrong"  # forgot A's transpose (square, so the shapes still fit)
     assert report.counterexample is not None
 
 
