@@ -108,6 +108,13 @@ class _Shapes:
         return ", ".join(f"{k}={v}" for k, v in dims.items())
 
 
+class _Shape:
+    """Stands for an array of this shape in a shape check."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+
 class _Kernel:
     """One generated function and the Python-side checks around it."""
 
@@ -243,6 +250,25 @@ class Kernels:
     @property
     def dispatchers(self):
         return [self.forward_dispatcher, self.backward_dispatcher]
+
+    @property
+    def forward_spec(self):
+        """How the forward function is called: its parameters in order (see build.KernelSpec)."""
+        return self._fwd.spec
+
+    @property
+    def backward_spec(self):
+        return self._bwd.spec
+
+    def call_shapes(self, shapes: dict) -> tuple[dict, dict]:
+        """(dims, {saved binding: shape}) of a forward call with arguments of these shapes,
+        checked as a call is (a planner's shapes fail here with the same KernelError)."""
+        arrays = {n: _Shape(tuple(s)) for n, s in shapes.items()}
+        dims = self._fwd.shapes.read(arrays)
+        vals = [dims[d] for d in self._fwd.dim_names]
+        outs = {p.name: tuple(int(f(*vals)) for f in self._fwd.out_shapes[p.name]) for p in self._fwd.outs}
+        outs.update({r: () for r in self._fwd.spec.returns})
+        return dims, outs
 
     @staticmethod
     def _split_out(args):

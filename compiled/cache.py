@@ -106,4 +106,10 @@ def import_file(path: Path, module_name: str):
     return mod
 
 
-__all__ = ["cache_dir", "ensure", "import_file", "write_atomic", "seal", "unseal", "read_valid"]
+def sibling_module(here, stem: str):
+    """The kernel module `stem` from the cache folder that holds the file `here` (how a printed
+    training step imports the kernels it calls); the name is the one `compiled.kernels` gives it."""
+    return import_file(Path(here).parent / f"{stem}.py", f"symgrad_kernels.{stem}")
+
+
+__all__ = ["sibling_module", "cache_dir", "ensure", "import_file", "write_atomic", "seal", "unseal", "read_valid"]

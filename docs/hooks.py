@@ -12,9 +12,10 @@ pages from derive/ at build time and installs the local MathJax.
   optimizer kernels on a layer defined by its forward only. They exist only in the built site
   (figures/*.png); a missing data file or a failure is a warning, so --strict fails.
 - on_page_markdown: in a hand-written page, `<!-- symgrad:cli-help -->` becomes `symgrad --help`;
-  `<!-- symgrad:source models.gpt:GPT.backward -->` the source of that function (so a page that
-  explains code shows the code as it is); `<!-- symgrad:run gpt -->` a table saying what the
-  recorded run behind a loss curve was.
+  `<!-- symgrad:source models.gpt:gpt_graph -->` the source of that function (so a page that
+  explains code shows the code as it is); `<!-- symgrad:step gpt -->` the training step symgrad
+  prints for a small GPT; `<!-- symgrad:run gpt -->` a table saying what the recorded run
+  behind a loss curve was.
 
 Environment: SYMGRAD_DOCS_LAYERS=a,b restricts the generated layers (development only).
 Generation runs once per process: restart `mkdocs serve` to see changes to derive/ (Python caches
@@ -60,6 +61,7 @@ _cache: dict = {}  # one generation per process (mkdocs serve rebuilds reuse it)
 CLI_MARKER = "<!-- symgrad:cli-help -->"
 SOURCE_MARKER = re.compile(r"<!-- symgrad:source ([\w.]+):([\w.]+) -->")
 RUN_MARKER = re.compile(r"<!-- symgrad:run (\w+) -->")
+STEP_MARKER = "<!-- symgrad:step gpt -->"
 
 
 def on_pre_build(config):
@@ -154,7 +156,31 @@ def _source(module: str, qualname: str) -> str:
     return f'```python title="{path}: {qualname}"\n{src}\n```'
 
 
+def _printed_step() -> str:
+    """The training step symgrad prints for a one-block GPT (block 8, 2 heads, width 16), as a
+    collapsible code block, or a warning (so --strict fails)."""
+    _paths()
+    try:
+        import numpy as np
+        from models.gpt import GPT, GPTConfig
+
+        cfg = GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16)
+        m = GPT(cfg, seed=0)
+        ids = np.zeros((2, cfg.block_size), np.int64)
+        m(ids, ids)
+        src = Path(m.source_path).read_text()
+    except Exception as e:
+        log.warning(f"symgrad: cannot print the GPT's step: {type(e).__name__}: {e}")
+        return "(the printed step is unavailable in this build)"
+    body = "\n".join("    " + line if line else "" for line in src.splitlines())
+    return f'??? example "The printed step of a one-block GPT (batch 2, block 8)"\n\n    ```python\n{body}\n    ```\n'
+
+
 def on_page_markdown(markdown, page, config, files):
+    if STEP_MARKER in markdown:
+        if "step" not in _cache:
+            _cache["step"] = _printed_step()
+        markdown = markdown.replace(STEP_MARKER, _cache["step"])
     markdown = SOURCE_MARKER.sub(lambda m: _source(m.group(1), m.group(2)), markdown)
     markdown = RUN_MARKER.sub(lambda m: figures.run_summary(m.group(1)), markdown)
     if CLI_MARKER in markdown:

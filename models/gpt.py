@@ -1,13 +1,14 @@
-"""A GPT-style character transformer (nanoGPT's architecture, dropout 0).
+"""A GPT-style character transformer (nanoGPT's architecture, dropout 0), declared as a graph.
 
     tokens (B, T) -> wte[tokens] + wpe[0..T-1]
                   -> n_layer x Block: x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))
                   -> ln_f -> lm_head -> logits (B, T, V) -> cross-entropy
 
-attn: one linear to q, k, v (C -> 3C), heads as (B*H, T, D) views, causal attention, a linear
-projection (C -> C). mlp: linear C -> 4C, GELU, linear 4C -> C. `backward()` runs the layers'
-backward kernels in reverse order; where a value is used twice (the residual stream) the two
-gradients are added.
+attn is the derived `multihead_attention` layer (q, k, v projections, heads as views of the C
+axis, causal attention, output projection: one layer, so no head split or merge is written
+anywhere); mlp is linear C -> 4C, GELU, linear 4C -> C. `gpt_graph` is the whole model,
+forward only; its training step is planned (`models.plan`) and printed (`models.step`), and
+the backward, the residual stream's sums included, comes from that graph.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .layers import CausalAttention, CrossEntropy, Elementwise, Embedding, KernelLayer, LayerNorm, Linear
-from .module import Module
+from .graph import ModelGraph
+from .module import GraphModel
 
 
 @dataclass
@@ -34,128 +35,88 @@ class GPTConfig:
         return asdict(self)
 
 
-class Residual(KernelLayer):
-    """y = a + b through the residual kernel; backward gives (da, db)."""
+def gpt_graph(cfg: GPTConfig, store, rng, B: int, T: int, loss: bool = True) -> ModelGraph:
+    """The GPT at batch B and sequence length T (parameters from `store`, drawn from `rng` on
+    first use); with `loss`, the mean cross-entropy of `targets` is the loss."""
+    C, H, L, V = cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.vocab_size
+    N = B * T
+    G = ModelGraph("gpt", cfg.dtype, store)
 
-    def __init__(self, dtype):
-        super().__init__("residual", dtype)
+    def normal(std):
+        return lambda shape: rng.standard_normal(shape) * std
 
-    def forward(self, a, b):
-        C = a.shape[-1]
-        return self._forward(a=a.reshape(-1, C), b=b.reshape(-1, C))["y"].reshape(a.shape)
+    def ones(shape):
+        return np.ones(shape)
 
-    def backward(self, g):
-        d = self._backward(g=g.reshape(-1, g.shape[-1]))
-        return d["a"].reshape(g.shape), d["b"].reshape(g.shape)
+    proj = normal(0.02 / np.sqrt(2 * L))  # GPT-2's scaled init of the projections into the stream
+    idx = G.input("idx", (N,), integer=True)
+    pos = G.input("pos", (N,), integer=True)
+    tok = G.layer("embedding", "wte", ids=idx, table=G.param("wte.table", (V, C), normal(0.02)))
+    at = G.layer("embedding", "wpe", ids=pos, table=G.param("wpe.table", (cfg.block_size, C), normal(0.02)))
+    x = G.layer("residual", "emb", a=tok, b=at)
+    for i in range(L):
+        p = f"blocks.{i}."
 
+        def ln(name, h):
+            return G.layer("layernorm", p + name, x=h, gamma=G.param(p + name + ".gamma", (C,), ones),
+                           beta=G.param(p + name + ".beta", (C,)), eps=1e-5)
 
-class SelfAttention(Module):
-    def __init__(self, cfg: GPTConfig, rng):
-        C, dt = cfg.n_embd, cfg.dtype
-        self.n_head = cfg.n_head
-        self.c_attn = Linear(C, 3 * C, rng, dt, std=0.02)
-        self.attn = CausalAttention(dt)
-        self.c_proj = Linear(C, C, rng, dt, std=0.02 / np.sqrt(2 * cfg.n_layer))
+        def linear(name, h, n_in, n_out, init):
+            return G.layer("linear", p + name, x=h, W=G.param(p + name + ".W", (n_in, n_out), init),
+                           b=G.param(p + name + ".b", (n_out,)))
 
-    def _heads(self, a, B, T):
-        """(B, T, C) -> (B*H, T, D)"""
-        H = self.n_head
-        return np.ascontiguousarray(a.reshape(B, T, H, -1).transpose(0, 2, 1, 3)).reshape(B * H, T, -1)
-
-    def _merge(self, a, B, T):
-        """(B*H, T, D) -> (B, T, C)"""
-        H = self.n_head
-        return np.ascontiguousarray(a.reshape(B, H, T, -1).transpose(0, 2, 1, 3)).reshape(B, T, -1)
-
-    def forward(self, x):
-        B, T, C = x.shape
-        qkv = self.c_attn(x)
-        q, k, v = (self._heads(qkv[..., i * C:(i + 1) * C], B, T) for i in range(3))
-        y = self._merge(self.attn(q, k, v), B, T)
-        return self.c_proj(y)
-
-    def backward(self, g):
-        B, T, C = g.shape
-        dy = self._heads(self.c_proj.backward(g), B, T)
-        dq, dk, dv = self.attn.backward(dy)
-        dqkv = np.concatenate([self._merge(d, B, T) for d in (dq, dk, dv)], axis=-1)
-        return self.c_attn.backward(dqkv)
-
-
-class MLP(Module):
-    def __init__(self, cfg: GPTConfig, rng):
-        C, dt = cfg.n_embd, cfg.dtype
-        self.c_fc = Linear(C, 4 * C, rng, dt, std=0.02)
-        self.act = Elementwise(cfg.gelu, dt)
-        self.c_proj = Linear(4 * C, C, rng, dt, std=0.02 / np.sqrt(2 * cfg.n_layer))
-
-    def forward(self, x):
-        return self.c_proj(self.act(self.c_fc(x)))
-
-    def backward(self, g):
-        return self.c_fc.backward(self.act.backward(self.c_proj.backward(g)))
+        h = G.view(ln("ln_1", x), (B, T, C))
+        a = G.layer("multihead_attention", p + "attn", x=h,
+                    **{w: G.param(p + "attn." + w, (C, H, C // H), normal(0.02)) for w in ("Wq", "Wk", "Wv")},
+                    **{b: G.param(p + "attn." + b, (H, C // H)) for b in ("bq", "bk", "bv")},
+                    Wo=G.param(p + "attn.Wo", (H, C // H, C), proj), bo=G.param(p + "attn.bo", (C,)))
+        x = G.layer("residual", p + "res_1", a=x, b=G.view(a, (N, C)))
+        h = linear("mlp.c_fc", ln("ln_2", x), C, 4 * C, normal(0.02))
+        h = G.layer(cfg.gelu, p + "mlp.act", x=h)
+        x = G.layer("residual", p + "res_2", a=x, b=linear("mlp.c_proj", h, 4 * C, C, proj))
+    h = G.layer("layernorm", "ln_f", x=x, gamma=G.param("ln_f.gamma", (C,), ones),
+                beta=G.param("ln_f.beta", (C,)), eps=1e-5)
+    logits = G.layer("linear", "lm_head", x=h, W=G.param("lm_head.W", (C, V), normal(0.02)),
+                     b=G.param("lm_head.b", (V,)))
+    G.result("logits", logits)
+    if loss:
+        targets = G.input("targets", (N,), integer=True)
+        G.loss(G.layer("cross_entropy", "loss", logits=logits, targets=targets))
+    return G
 
 
-class Block(Module):
-    def __init__(self, cfg: GPTConfig, rng):
-        dt = cfg.dtype
-        self.ln_1 = LayerNorm(cfg.n_embd, dt)
-        self.attn = SelfAttention(cfg, rng)
-        self.res_1 = Residual(dt)
-        self.ln_2 = LayerNorm(cfg.n_embd, dt)
-        self.mlp = MLP(cfg, rng)
-        self.res_2 = Residual(dt)
-
-    def forward(self, x):
-        x = self.res_1(x, self.attn(self.ln_1(x)))
-        return self.res_2(x, self.mlp(self.ln_2(x)))
-
-    def backward(self, g):
-        g_skip, g_mlp = self.res_2.backward(g)
-        g = g_skip + self.ln_2.backward(self.mlp.backward(g_mlp))
-        g_skip, g_attn = self.res_1.backward(g)
-        return g_skip + self.ln_1.backward(self.attn.backward(g_attn))
-
-
-class GPT(Module):
+class GPT(GraphModel):
     def __init__(self, cfg: GPTConfig, seed: int = 0):
-        rng = np.random.default_rng(seed)
         self.config = cfg
-        dt = cfg.dtype
-        self.wte = Embedding(cfg.vocab_size, cfg.n_embd, rng, dt, std=0.02)
-        self.wpe = Embedding(cfg.block_size, cfg.n_embd, rng, dt, std=0.02)
-        self.emb = Residual(dt)
-        self.blocks = [Block(cfg, rng) for _ in range(cfg.n_layer)]
-        self.ln_f = LayerNorm(cfg.n_embd, dt)
-        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, rng, dt, std=0.02)
-        self.loss_fn = CrossEntropy(dt)
+        super().__init__(cfg.dtype, seed)
+        self.declare((1, cfg.block_size))
+
+    def build(self, store, rng, B, T, loss=True):
+        return gpt_graph(self.config, store, rng, B, T, loss)
 
     def forward(self, idx, targets=None):
         """Logits (B, T, V); with targets, (logits, mean cross-entropy)."""
+        idx = np.asarray(idx)
+        if idx.ndim != 2:
+            raise ValueError(f"GPT input must be (batch, time) token ids, got shape {idx.shape}")
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        tok = self.wte(idx)
-        pos = self.wpe(np.broadcast_to(np.arange(T), (B, T)))
-        x = self.emb(tok, pos)
-        for blk in self.blocks:
-            x = blk(x)
-        logits = self.lm_head(self.ln_f(x))
-        if targets is None:
-            return logits
-        return logits, self.loss_fn(logits, targets)
+        inputs = {"idx": idx.reshape(-1), "pos": np.tile(np.arange(T), B)}
+        if targets is not None:
+            inputs["targets"] = np.asarray(targets).reshape(-1)
+        loss = self.run((B, T), inputs, loss=targets is not None)
+        logits = self.result("logits").reshape(B, T, -1).copy()
+        return logits if targets is None else (logits, loss)
 
-    def backward(self):
-        """Gradients of the last forward's loss into every Param.grad (added to what is there)."""
-        g = self.loss_fn.backward(1.0)
-        g = self.ln_f.backward(self.lm_head.backward(g))
-        for blk in reversed(self.blocks):
-            g = blk.backward(g)
-        g_tok, g_pos = self.emb.backward(g)
-        self.wpe.backward(g_pos)
-        self.wte.backward(g_tok)
-
-    def clear(self):
-        for m in self.modules():
-            if isinstance(m, KernelLayer):
-                m.clear()
+    def next_logits(self, ids) -> np.ndarray:
+        """Next-token logits after the last `block_size` ids: one forward at the full block (the
+        tail padded; positions attend causally, so padding after the last id changes nothing
+        before it), so sampling runs one planned step whatever the context length."""
+        bs = self.config.block_size
+        ctx = np.asarray(list(ids)[-bs:], dtype=np.int64)
+        t = ctx.size
+        pad = np.zeros(bs, np.int64)
+        pad[:t] = ctx
+        self.run((1, bs), {"idx": pad, "pos": np.arange(bs)}, loss=False)
+        return self.result("logits")[t - 1].copy()

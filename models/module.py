@@ -16,9 +16,9 @@ class Param:
 
     __slots__ = ("data", "grad")
 
-    def __init__(self, data):
+    def __init__(self, data, grad=None):
         self.data = np.ascontiguousarray(data)
-        self.grad = np.zeros_like(self.data)
+        self.grad = np.zeros_like(self.data) if grad is None else grad
 
     @property
     def shape(self):
@@ -93,3 +93,70 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+
+class GraphModel(Module):
+    """A model declared as a graph of derived layers (`models.graph`): its parameters are views
+    of one flat buffer (and their gradients of a twin), and each configuration it runs at
+    (batch, sequence length; training step or forward only) is planned and printed once
+    (`models.step.Step`), then called. Subclasses define `build(store, rng, *key, loss=...)`,
+    returning the `ModelGraph` at that configuration, and call `self.declare(key)` once."""
+
+    def __init__(self, dtype, seed=0):
+        from .graph import ParamStore
+        self.dtype = np.dtype(dtype)
+        self.store = ParamStore(self.dtype)
+        self._rng = np.random.default_rng(seed)
+        self._steps: dict = {}
+        self._last = None  # the step of the last forward call
+        self._params: dict = {}
+
+    def build(self, store, rng, *key, loss=True):
+        raise NotImplementedError
+
+    def declare(self, key):
+        """Declare (and initialise) the parameters by building the graph at one configuration."""
+        self.step_for(tuple(key), loss=False)
+        self._params = {n: Param(self.store.view(n), self.store.view(n, self.store.grad))
+                        for n in self.store.spec}
+
+    def step_for(self, key, loss: bool):
+        from .step import Step
+        train = self.training and loss
+        sk = (tuple(key), loss, train)
+        step = self._steps.get(sk)
+        if step is None:
+            step = Step(self.build(self.store, self._rng, *key, loss=loss), train=train)
+            self._steps[sk] = step
+        return step
+
+    def run(self, key, inputs: dict, loss: bool):
+        """One forward call at configuration `key`; returns the loss (0.0 without one)."""
+        step = self.step_for(key, loss)
+        self._last = step
+        return step.forward(**inputs)
+
+    def result(self, name):
+        return self._last.results[name]
+
+    def backward(self):
+        """Gradients of the last forward's loss into every Param.grad (they are overwritten:
+        zero_grad is not needed between steps)."""
+        if self._last is None or self._last.plan.train is False:
+            raise RuntimeError("backward() needs a forward call with targets, in training mode")
+        self._last.backward()
+
+    def clear(self):
+        self._last = None
+
+    def named_parameters(self, prefix=""):
+        for name, p in self._params.items():
+            yield prefix + name, p
+
+    def zero_grad(self):
+        self.store.grad.fill(0)
+
+    @property
+    def source_path(self):
+        """The printed step file of the last configuration run."""
+        return self._last.source_path if self._last is not None else None

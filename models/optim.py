@@ -13,17 +13,45 @@ import math
 import numpy as np
 
 from . import rules
-from .kernels import Op
+from .graph import ALIGN
+from .plan import kernels_of
 from .schedules import Constant, check_lr
 
 
 def grad_norm(params) -> float:
-    """Global L2 norm of the parameters' gradients (the `sumsq` rule's kernel per parameter)."""
+    """Global L2 norm of the parameters' gradients (the `sumsq` rule's kernel: once over a
+    model's flat gradient buffer, else once per parameter)."""
+    params = list(params)
+    flat = flat_span(params)
+    vecs = [flat[1]] if flat is not None else [p.grad.reshape(-1) for p in params]
     total = 0.0
-    for p in params:
-        op = _op("sumsq", p.grad.dtype)
-        total += float(op.k.forward(grad=p.grad.reshape(-1))["s"])
+    for g in vecs:
+        total += float(_kernels("sumsq", g.dtype).forward(grad=g)["s"])
     return math.sqrt(total)
+
+
+def flat_span(params):
+    """(values, gradients): two 1-D views covering every parameter, when the parameters are views
+    of one flat buffer laid out in order (a graph model's `ParamStore`; the padding between
+    them is zero and stays zero under every rule), else None."""
+    if not params:
+        return None
+    base_d, base_g = params[0].data.base, params[0].grad.base
+    if base_d is None or base_g is None or base_d.ndim != 1 or base_g.shape != base_d.shape:
+        return None
+    item = base_d.itemsize
+    hi = None
+    for p in params:
+        if p.data.base is not base_d or p.grad.base is not base_g:
+            return None
+        o = (p.data.__array_interface__["data"][0] - base_d.__array_interface__["data"][0]) // item
+        og = (p.grad.__array_interface__["data"][0] - base_g.__array_interface__["data"][0]) // item
+        if o != og or (hi is not None and not 0 <= o - hi < ALIGN) or (hi is None and o >= ALIGN):
+            return None  # not in order, or a parameter between them is not in the list
+        hi = o + p.data.size
+    if not 0 <= base_d.size - hi < ALIGN:
+        return None
+    return base_d, base_g
 
 
 def clip_grad_norm(params, max_norm: float) -> tuple[float, float]:
@@ -33,14 +61,9 @@ def clip_grad_norm(params, max_norm: float) -> tuple[float, float]:
     return norm, (min(1.0, max_norm / (norm + 1e-6)) if math.isfinite(norm) else 1.0)
 
 
-_OPS: dict = {}
-
-
-def _op(rule, dtype):
-    key = (rule, np.dtype(dtype).name)
-    if key not in _OPS:
-        _OPS[key] = Op(rules.rule(rule), np.dtype(dtype))
-    return _OPS[key]
+def _kernels(rule, dtype):
+    """The compiled kernel of update rule `rule` (derived once per process, cached on disk)."""
+    return kernels_of(rules.rule(rule), dtype)
 
 
 class Optimizer:
@@ -63,10 +86,19 @@ class Optimizer:
                 raise ValueError(f"{k} must be finite, got {v}")
         self.max_grad_norm = max_grad_norm
         self.t = 0
-        self.state = {s: [np.zeros_like(p.data) for p in self.params] for s in rules.STATE[self.rule]}
+        # one fused update over a model's flat buffers when its parameters are views of them;
+        # state is flat too, and `state` holds per-parameter views of it
+        self._flat = flat_span(self.params)
+        if self._flat is not None:
+            self._flat_state = {s: np.zeros_like(self._flat[0]) for s in rules.STATE[self.rule]}
+            self.state = {s: [buf[o:o + p.data.size].reshape(p.shape)
+                              for o, p in zip(self._offsets(), self.params)]
+                          for s, buf in self._flat_state.items()}
+        else:
+            self.state = {s: [np.zeros_like(p.data) for p in self.params] for s in rules.STATE[self.rule]}
         dtype = self.params[0].data.dtype
-        self._op = _op(self.rule, dtype)
-        self._consts = {c.name for c in self._op.derivation.constants}
+        self._k = _kernels(self.rule, dtype)
+        self._consts = {c.name for c in self._k.derivation.constants}
         self.last_grad_norm = None
 
     @property
@@ -81,14 +113,20 @@ class Optimizer:
             self.last_grad_norm, clip = clip_grad_norm(self.params, self.max_grad_norm)
         consts = {k: v for k, v in dict(self.hyper, lr=lr, clip=clip, t=float(self.t)).items()
                   if k in self._consts}
-        k = self._op.k
-        for i, p in enumerate(self.params):
-            args = {"p": p.data.reshape(-1), "grad": p.grad.reshape(-1)}
-            out = {"p_new": args["p"]}
-            for s, bufs in self.state.items():
-                args[s] = bufs[i].reshape(-1)
-                out[f"{s}_new"] = args[s]
+        k = self._k
+        if self._flat is not None:
+            parts = [(self._flat[0], self._flat[1], self._flat_state)]
+        else:
+            parts = [(p.data.reshape(-1), p.grad.reshape(-1), {s: bufs[i].reshape(-1) for s, bufs in self.state.items()})
+                     for i, p in enumerate(self.params)]
+        for data, grad, state in parts:
+            args = {"p": data, "grad": grad, **state}
+            out = {"p_new": data, **{f"{s}_new": b for s, b in state.items()}}
             k.forward(out=out, **args, **consts)
+
+    def _offsets(self):
+        base = self._flat[0].__array_interface__["data"][0]
+        return [(p.data.__array_interface__["data"][0] - base) // p.data.itemsize for p in self.params]
 
     def zero_grad(self):
         for p in self.params:

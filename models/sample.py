@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import Softmax
+import compiled
 
 
-def next_token_probs(logits_row: np.ndarray, temperature: float, top_k: int | None, softmax: Softmax):
-    """Probabilities of the next token from one row of logits (softmax kernel on logits / T)."""
+def next_token_probs(logits_row: np.ndarray, temperature: float, top_k: int | None, softmax):
+    """Probabilities of the next token from one row of logits (`softmax`: the softmax layer's
+    compiled kernels, applied to logits / T)."""
     z = np.asarray(logits_row, dtype=np.float64) / temperature
     if top_k is not None and 0 < top_k < z.size:
         cut = np.partition(z, -top_k)[-top_k]
         z = np.where(z < cut, z.max() - 1e4, z)  # exp underflows to exactly 0; values stay finite
-    p = softmax(z[None, :].astype(softmax.dtype))[0].astype(np.float64)
+    p = softmax.forward(x=z[None, :].astype(softmax.dtype))["s"][0].astype(np.float64)
     return p / p.sum()
 
 
 def generate(model, prompt_ids, n_tokens: int, temperature=1.0, top_k=None, seed=0,
              logits_fn=None) -> list[int]:
     """Extend `prompt_ids` by `n_tokens` tokens. `logits_fn(ids)` gives the next-token logits
-    (default: a GPT's last position over its block)."""
+    (default: the model's `next_logits`, a GPT's last position over its block)."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     rng = np.random.default_rng(seed)
@@ -28,18 +29,14 @@ def generate(model, prompt_ids, n_tokens: int, temperature=1.0, top_k=None, seed
     model.eval()
     ids = list(int(i) for i in prompt_ids)
     if logits_fn is None:
-        bs = model.config.block_size
-
-        def logits_fn(ctx):
-            ctx = np.asarray(ctx[-bs:], dtype=np.int64)[None, :]
-            return model(ctx)[0, -1]
+        logits_fn = model.next_logits
     softmaxes = {}
     try:
         for _ in range(n_tokens):
             logits = logits_fn(ids)
             dt = np.dtype(logits.dtype).name
             if dt not in softmaxes:
-                softmaxes[dt] = Softmax(dt).eval()
+                softmaxes[dt] = compiled.kernels("softmax", dt)
             p = next_token_probs(logits, temperature, top_k, softmaxes[dt])
             ids.append(int(rng.choice(p.size, p=p)))
     finally:

@@ -1,8 +1,9 @@
 """The smaller models: an MLP classifier on spirals, RNN/LSTM character models trained by
 truncated backpropagation through time, and Word2Vec skip-gram with negative sampling.
 
-All of them compose kernel-calling layers; Word2Vec's loss is a layer defined here by its forward
-expression only (`sgns_loss`), its gradient derived by derive/ like every other.
+Each is a graph of derived layers declared forward only (`models.graph`), trained through its
+planned, printed step; Word2Vec's loss is a layer defined here by its forward expression only
+(`sgns_loss`), its gradient derived by derive/ like every other.
 """
 
 from __future__ import annotations
@@ -16,36 +17,49 @@ from sympy import exp, log
 import derive
 
 from .data import CharData, CharVocab, DataError, DataLoader, read_text, spirals
-from .kernels import Op
-from .layers import CrossEntropy, Elementwise, Embedding, KernelLayer, Linear, normal
-from .module import Module, Param
+from .graph import ModelGraph
+from .module import GraphModel
 from .trainer import Task, rng_state, set_rng_state
 
 
+def _normal(rng, std):
+    return lambda shape: rng.standard_normal(shape) * std
+
+
 # --- MLP ---------------------------------------------------------------------------------
-class MLP(Module):
+def mlp_graph(sizes, act, dtype, store, rng, N, loss=True) -> ModelGraph:
+    """Linear -> act -> ... -> Linear on N rows, with a cross-entropy (log-loss) head."""
+    G = ModelGraph("mlp", dtype, store)
+    h = G.input("x", (N, sizes[0]))
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        name = f"layers.{2 * i}"
+        h = G.layer("linear", name, x=h, W=G.param(name + ".W", (a, b), _normal(rng, 1 / np.sqrt(a))),
+                    b=G.param(name + ".b", (b,)))
+        if i < len(sizes) - 2:
+            h = G.layer(act, f"layers.{2 * i + 1}", x=h)
+    G.result("logits", h)
+    if loss:
+        G.loss(G.layer("cross_entropy", "loss", logits=h, targets=G.input("y", (N,), integer=True)))
+    return G
+
+
+class MLP(GraphModel):
     """Linear -> act -> ... -> Linear, with a cross-entropy (log-loss) head."""
 
     def __init__(self, sizes, act="tanh", seed=0, dtype="float32"):
-        rng = np.random.default_rng(seed)
-        self.layers = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            self.layers.append(Linear(a, b, rng, dtype))
-            if i < len(sizes) - 2:
-                self.layers.append(Elementwise(act, dtype))
-        self.loss_fn = CrossEntropy(dtype)
-        self.dtype = np.dtype(dtype)
+        self.sizes, self.act = list(sizes), act
+        super().__init__(dtype, seed)
+        self.declare((1,))
+
+    def build(self, store, rng, N, loss=True):
+        return mlp_graph(self.sizes, self.act, self.dtype, store, rng, N, loss)
 
     def forward(self, x, y=None):
-        h = np.ascontiguousarray(x, dtype=self.dtype)
-        for layer in self.layers:
-            h = layer(h)
-        return h if y is None else (h, self.loss_fn(h, y))
-
-    def backward(self):
-        g = self.loss_fn.backward(1.0)
-        for layer in reversed(self.layers):
-            g = layer.backward(g)
+        x = np.asarray(x)
+        inputs = {"x": x} if y is None else {"x": x, "y": np.asarray(y)}
+        loss = self.run((x.shape[0],), inputs, loss=y is not None)
+        h = self.result("logits").copy()
+        return h if y is None else (h, loss)
 
     def accuracy(self, x, y) -> float:
         was = self.training
@@ -81,91 +95,93 @@ def train_mlp(steps=600, lr=0.01, optimizer="adam", batch_size=None, seed=0, hid
     return model, model.accuracy(Xt, yt), losses
 
 
-# --- recurrent cells and character models ---------------------------------------------------
-class RNNCell(KernelLayer):
-    """h = tanh(x Wxh + h_prev Whh + bh), one time step per call."""
-
-    def __init__(self, n_in, n_hidden, rng, dtype="float32"):
-        super().__init__("rnn_cell", dtype)
-        self.Wxh = Param(normal(rng, (n_in, n_hidden), 1 / np.sqrt(n_in), self.dtype))
-        self.Whh = Param(normal(rng, (n_hidden, n_hidden), 1 / np.sqrt(n_hidden), self.dtype))
-        self.bh = Param(np.zeros(n_hidden, self.dtype))
-
-    def initial(self, batch):
-        return (np.zeros((batch, self.bh.shape[0]), self.dtype),)
-
-    def forward(self, x, state):
-        return (self._forward(x=x, h_prev=state[0], Wxh=self.Wxh.data, Whh=self.Whh.data,
-                              bh=self.bh.data)["h"],)
-
-    def backward(self, g_state):
-        d = self._backward(g=g_state[0])
-        self._accumulate(d, Wxh=self.Wxh, Whh=self.Whh, bh=self.bh)
-        return d["x"], (d["h_prev"],)
-
-
-class LSTMCell(KernelLayer):
-    """(h, c) = lstm_cell(x, h_prev, c_prev, W, b), one time step per call."""
-
-    def __init__(self, n_in, n_hidden, rng, dtype="float32"):
-        super().__init__("lstm_cell", dtype)
-        self.W = Param(normal(rng, (n_in + n_hidden, 4, n_hidden), 1 / np.sqrt(n_in + n_hidden), self.dtype))
-        b = np.zeros((4, n_hidden), self.dtype)
-        b[1] = 1.0  # forget-gate bias 1: remember by default
-        self.b = Param(b)
-
-    def initial(self, batch):
-        H = self.b.shape[1]
-        return (np.zeros((batch, H), self.dtype), np.zeros((batch, H), self.dtype))
-
-    def forward(self, x, state):
-        r = self._forward(x=x, h_prev=state[0], c_prev=state[1], W=self.W.data, b=self.b.data)
-        return (r["h"], r["c"])
-
-    def backward(self, g_state):
-        d = self._backward(g_h=g_state[0], g_c=g_state[1])
-        self._accumulate(d, W=self.W, b=self.b)
-        return d["x"], (d["h_prev"], d["c_prev"])
+# --- recurrent character models -------------------------------------------------------------
+def char_rnn_graph(cfg: dict, store, rng, B, T, loss=True) -> ModelGraph:
+    """Embedding -> a recurrent cell over T steps (its state in from h0/c0, out as results h/c)
+    -> linear head -> cross-entropy, time-major: x and y are (T, B). The cell is one node per
+    step sharing its parameters, so backpropagation through time is the planner's reverse
+    order and the parameter gradients the sum over steps, both read off this graph. The
+    per-step states are laid out as the rows of one (T, B, H) stack, which the head reads whole."""
+    V, H, E, lstm = cfg["vocab_size"], cfg["hidden"], cfg["n_embd"], cfg["cell"] == "lstm"
+    G = ModelGraph(f"char_{cfg['cell']}", cfg["dtype"], store)
+    x = G.input("x", (T, B), integer=True)
+    state = [G.input("h0", (B, H))] + ([G.input("c0", (B, H))] if lstm else [])
+    table = G.param("emb.table", (V, E), _normal(rng, 0.1))
+    if lstm:
+        def forget_bias_one(shape):
+            b = np.zeros(shape)
+            b[1] = 1.0  # forget-gate bias 1: remember by default
+            return b
+        cell = {"W": G.param("cell.W", (E + H, 4, H), _normal(rng, 1 / np.sqrt(E + H))),
+                "b": G.param("cell.b", (4, H), forget_bias_one)}
+    else:
+        cell = {"Wxh": G.param("cell.Wxh", (E, H), _normal(rng, 1 / np.sqrt(E))),
+                "Whh": G.param("cell.Whh", (H, H), _normal(rng, 1 / np.sqrt(H))),
+                "bh": G.param("cell.bh", (H,))}
+    hs = []
+    for t in range(T):
+        e = G.layer("embedding", f"emb.{t}", ids=G.row(x, t), table=table)
+        if lstm:
+            state = list(G.layer("lstm_cell", f"cell.{t}", x=e, h_prev=state[0], c_prev=state[1], **cell))
+        else:
+            state = [G.layer("rnn_cell", f"cell.{t}", x=e, h_prev=state[0], **cell)]
+        hs.append(state[0])
+    G.result("h", state[0])
+    if lstm:
+        G.result("c", state[1])
+    hs = G.view(G.stack(hs, "hs"), (T * B, H))
+    logits = G.layer("linear", "head", x=hs, W=G.param("head.W", (H, V), _normal(rng, 1 / np.sqrt(H))),
+                     b=G.param("head.b", (V,)))
+    G.result("logits", logits)
+    if loss:
+        G.loss(G.layer("cross_entropy", "loss", logits=logits, targets=G.input("y", (T * B,), integer=True)))
+    return G
 
 
-class CharRNN(Module):
-    """Embedding -> recurrent cell over time -> linear head -> cross-entropy."""
+class CharRNN(GraphModel):
+    """Embedding -> recurrent cell (rnn or lstm) over time -> linear head -> cross-entropy."""
 
     def __init__(self, vocab_size, hidden=128, cell="lstm", seed=0, dtype="float32", n_embd=32):
-        rng = np.random.default_rng(seed)
+        if cell not in ("rnn", "lstm"):
+            raise ValueError(f"cell must be 'rnn' or 'lstm', got {cell!r}")
         self.config = {"vocab_size": vocab_size, "hidden": hidden, "cell": cell, "seed": seed,
                        "dtype": dtype, "n_embd": n_embd}
-        self.emb = Embedding(vocab_size, n_embd, rng, dtype, std=0.1)
-        self.cell = (LSTMCell if cell == "lstm" else RNNCell)(n_embd, hidden, rng, dtype)
-        self.head = Linear(hidden, vocab_size, rng, dtype)
-        self.loss_fn = CrossEntropy(dtype)
+        super().__init__(dtype, seed)
+        self.declare((1, 1))
+        self._fed = None  # (ids fed so far, state after them): next_logits continues from there
+
+    def build(self, store, rng, B, T, loss=True):
+        return char_rnn_graph(self.config, store, rng, B, T, loss)
+
+    def initial(self, batch):
+        """The zero state: (h,) for an RNN, (h, c) for an LSTM."""
+        H = self.config["hidden"]
+        return tuple(np.zeros((batch, H), self.dtype) for _ in range(2 if self.config["cell"] == "lstm" else 1))
 
     def forward(self, x, y=None, state=None):
         """x (B, T) ids -> logits (B, T, V), final state; with y also the loss."""
+        x = np.asarray(x)
         B, T = x.shape
-        state = self.cell.initial(B) if state is None else state
-        e = self.emb(x)
-        hs = []
-        for t in range(T):
-            state = self.cell(np.ascontiguousarray(e[:, t]), state)
-            hs.append(state[0])
-        logits = self.head(np.stack(hs, 1))
-        if y is None:
-            return logits, state
-        return logits, state, self.loss_fn(logits, y)
+        state = self.initial(B) if state is None else state
+        inputs = {"x": x.T, **{n: s for n, s in zip(("h0", "c0"), state)}}
+        if y is not None:
+            inputs["y"] = np.asarray(y).T.reshape(-1)
+        loss = self.run((B, T), inputs, loss=y is not None)
+        logits = self.result("logits").reshape(T, B, -1).transpose(1, 0, 2).copy()
+        final = tuple(self.result(n).copy() for n in ("h", "c")[:len(state)])
+        return (logits, final) if y is None else (logits, final, loss)
 
-    def backward(self):
-        """Backpropagation through the time steps of the last forward (truncated there)."""
-        dH = self.loss_fn.backward(1.0)
-        dH = self.head.backward(dH)
-        B, T, _ = dH.shape
-        g_state = tuple(np.zeros_like(s) for s in self.cell.initial(B))
-        dx = []
-        for t in reversed(range(T)):
-            g = (g_state[0] + dH[:, t],) + g_state[1:]  # h feeds the head and the next step
-            d_x, g_state = self.cell.backward(g)
-            dx.append(d_x)
-        self.emb.backward(np.stack(dx[::-1], 1))
+    def next_logits(self, ids) -> np.ndarray:
+        """Next-token logits after `ids`, fed one token at a time from the state after the ids
+        fed before (a continued prompt costs one step per new token)."""
+        ids = [int(i) for i in ids]
+        seen, state = self._fed if self._fed is not None else ([], None)
+        if ids[:len(seen)] != seen or not ids[len(seen):]:
+            seen, state = [], None
+        for tok in ids[len(seen):]:
+            logits, state = self(np.array([[tok]]), state=state)
+        self._fed = (ids, state)
+        return logits[0, -1]
 
 
 class CharRNNTask(Task):
@@ -249,12 +265,7 @@ class CharRNNTask(Task):
 def char_rnn_sampler(config):
     """(model, vocab, logits_fn) for `symgrad sample` on an rnn/lstm checkpoint."""
     model = CharRNN(**config["model"])
-    vocab = CharVocab(config["vocab"])
-
-    def logits_fn(ids):
-        logits, _ = model(np.asarray(ids, dtype=np.int64)[None, -256:])
-        return logits[0, -1]
-    return model, vocab, logits_fn
+    return model, CharVocab(config["vocab"]), model.next_logits
 
 
 # --- Word2Vec ------------------------------------------------------------------------------
@@ -274,41 +285,43 @@ def sgns_loss(G):
 _SGNS = {}
 
 
-def sgns_op(dtype):
+def sgns_layer():
     if "d" not in _SGNS:
         _SGNS["d"] = derive.define("sgns_loss", sgns_loss)
-    return Op(_SGNS["d"], dtype)
+    return _SGNS["d"]
 
 
-class Word2Vec(Module):
+def word2vec_graph(n_words, dim, dtype, store, rng, N, K, loss=True) -> ModelGraph:
+    """Input vectors of the centre words, output vectors of the context words and of K negatives
+    each, scored by `sgns_loss`; the output table is read twice and its gradients add."""
+    G = ModelGraph("word2vec", dtype, store)
+    inp = G.param("inp.table", (n_words, dim), _normal(rng, 0.5 / dim))
+    out = G.param("out.table", (n_words, dim), _normal(rng, 0.5 / dim))
+    v = G.layer("embedding", "centre", ids=G.input("centre", (N,), integer=True), table=inp)
+    u = G.layer("embedding", "context", ids=G.input("context", (N,), integer=True), table=out)
+    w = G.layer("embedding", "negatives", ids=G.input("negatives", (N * K,), integer=True), table=out)
+    G.loss(G.layer(sgns_layer(), "sgns", v=v, u=u, w=G.view(w, (N, K, dim))))
+    return G
+
+
+class Word2Vec(GraphModel):
     def __init__(self, n_words, dim=64, seed=0, dtype="float32"):
-        rng = np.random.default_rng(seed)
-        self.inp = Embedding(n_words, dim, rng, dtype, std=0.5 / dim)
-        self.outp = Embedding(n_words, dim, rng, dtype, std=0.5 / dim)
-        self.outn = Embedding(n_words, dim, rng, dtype)
-        self.outn.table = self.outp.table  # the same output table, used twice: gradients add
-        self._op = sgns_op(dtype)
+        self.n_words, self.dim = n_words, dim
+        super().__init__(dtype, seed)
+        self.declare((1, 1))
 
-    def named_parameters(self, prefix=""):
-        yield prefix + "inp.table", self.inp.table
-        yield prefix + "out.table", self.outp.table
+    def build(self, store, rng, N, K, loss=True):
+        return word2vec_graph(self.n_words, self.dim, self.dtype, store, rng, N, K)
 
     def forward(self, centre, context, negatives):
-        v = self.inp(centre)
-        u = self.outp(context)
-        w = self.outn(negatives)
-        res, self._ctx = self._op(v=v, u=u, w=w)
-        return float(res["loss"])
-
-    def backward(self):
-        d = self._op.backward(self._ctx, g=1.0)
-        self.outn.backward(d["w"])
-        self.outp.backward(d["u"])
-        self.inp.backward(d["v"])
+        negatives = np.asarray(negatives)
+        N, K = negatives.shape
+        return self.run((N, K), {"centre": centre, "context": context, "negatives": negatives.reshape(-1)},
+                        loss=True)
 
     def neighbours(self, i, k=5):
         """The k words nearest to word i by cosine similarity of the input vectors."""
-        E = self.inp.table.data.astype(np.float64)
+        E = self._params["inp.table"].data.astype(np.float64)
         E = E / (np.linalg.norm(E, axis=1, keepdims=True) + 1e-12)
         sims = E @ E[i]
         sims[i] = -np.inf
@@ -461,5 +474,5 @@ def train_cli(a, UsageError) -> int:
     return 0
 
 
-__all__ = ["MLP", "train_mlp", "RNNCell", "LSTMCell", "CharRNN", "CharRNNTask", "Word2Vec",
+__all__ = ["MLP", "mlp_graph", "train_mlp", "char_rnn_graph", "word2vec_graph", "CharRNN", "CharRNNTask", "Word2Vec",
            "train_word2vec", "sgns_loss", "train_cli", "char_rnn_sampler"]

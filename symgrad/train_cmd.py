@@ -3,7 +3,8 @@
     symgrad train gpt|mlp|rnn|lstm|word2vec [--steps N --lr X --optimizer NAME --batch-size B
                                               --seed S --out DIR --resume CKPT ...]
     symgrad sample CHECKPOINT [--tokens N --temperature T --top-k K --prompt TEXT --seed S]
-    symgrad bench train [--json]
+    symgrad bench train [--peer eager|fused|compile|all] [--load [N]] [--threads N] [--rounds R]
+                        [--steps S] [--profile] [--json]
 
 Bad input (a missing or corrupt checkpoint, one from another config, an empty or too short text,
 an unknown optimizer or model, a negative or NaN learning rate) is reported in one line on
@@ -275,18 +276,48 @@ def sample_main(argv) -> int:
 
 
 # --- symgrad bench train -------------------------------------------------------------------
-def bench_main(argv) -> int:
-    p = Parser(prog="symgrad bench train", description="Training-step speed of symgrad against PyTorch eager.")
+def _nonnegative_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _bench_parser():
+    import os
+
+    cores = os.cpu_count() or 1
+    p = Parser(prog="symgrad bench train",
+               description="Training-step speed of symgrad's reference GPT against PyTorch, interleaved in "
+                           "rounds in one run: each ratio with its per-round spread, the step's GEMM floor, "
+                           "MFU against an sgemm peak measured in the same run, and peak memory.")
+    p.add_argument("--peer", default="eager", metavar="eager|fused|compile|all",
+                   help="the PyTorch side(s): eager (SDPA, AdamW foreach), fused (AdamW fused), compile "
+                        "(torch.compile, warmed up first), all; or a comma-separated list (default: eager)")
+    p.add_argument("--load", type=_nonnegative_int, nargs="?", const=cores, default=0, metavar="N",
+                   help=f"run N competing busy processes for the duration (no N: one per core, {cores} here)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--rounds", type=_positive_int, default=5)
     p.add_argument("--steps", type=_positive_int, default=10, help="steps per round and side")
     p.add_argument("--threads", type=_positive_int, default=2)
     p.add_argument("--profile", action="store_true", help="also print where symgrad's step time goes")
+    return p
+
+
+def bench_main(argv) -> int:
+    p = _bench_parser()
     try:
         a = p.parse_args(list(argv))
     except UsageError as e:
         return _fail("symgrad bench", e)
     from models import bench
+    try:
+        a.peer = bench.parse_peers(a.peer)
+    except ValueError as e:
+        return _fail("symgrad bench", f"argument --peer: {e}")
     return bench.main(a)
 
 

@@ -319,17 +319,22 @@ def test_page_shows_the_figure_with_alt_text(page, figure):
 
 def test_gpt_page_links_every_layer_the_gpt_calls():
     import models
-    from models.layers import KernelLayer
+    from models.graph import ParamStore
 
-    m = models.GPT(models.GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4), seed=0)
-    used = {layer._op.name for layer in m.modules() if isinstance(layer, KernelLayer)}
-    used |= {u for n in list(used) for u in derive.layer(n).graph.uses}  # attention -> softmax, ...
-    assert {"embedding", "layernorm", "linear", "attention", "softmax", "gelu_erf", "residual",
-            "cross_entropy"} <= used
+    cfg = models.GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)
+    g = models.gpt_graph(cfg, ParamStore(cfg.dtype), np.random.default_rng(0), 1, 4)
+    used, todo = set(), [n.layer for n in g.nodes]
+    while todo:  # and what they are built from: multihead_attention -> attention -> softmax
+        n = todo.pop()
+        if n not in used:
+            used.add(n)
+            todo += derive.layer(n).graph.uses
+    assert {"embedding", "layernorm", "linear", "multihead_attention", "attention", "softmax", "gelu_erf",
+            "residual", "cross_entropy"} <= used
     md = (ROOT / "docs" / "guides" / "gpt.md").read_text()
     missing = [n for n in sorted(used) if f"](../layers/{n}.md)" not in md]
     assert not missing, f"docs/guides/gpt.md does not link the layer pages of {missing}"
-    assert "<!-- symgrad:source models.gpt:GPT.backward -->" in md
+    assert "<!-- symgrad:source models.gpt:gpt_graph -->" in md and "<!-- symgrad:step gpt -->" in md
 
 
 # --- symgrad docs -----------------------------------------------------------------------------

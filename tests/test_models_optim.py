@@ -6,7 +6,7 @@ import pytest
 
 import models
 from models import rules
-from models.kernels import Op
+import compiled
 from models.module import Param
 from models.optim import OPTIMIZERS, grad_norm, make_optimizer
 from models.schedules import Constant, CosineWarmup, StepDecay
@@ -47,9 +47,9 @@ def test_update_rule_kernel_matches_numpy_reference_of_one_step(rule):
     n = 37
     p, g = rng.standard_normal(n), rng.standard_normal(n)
     st = {s: np.abs(rng.standard_normal(n)) for s in rules.STATE[rule]}
-    op = Op(rules.rule(rule), "float64")
-    consts = {c.name: HYPER[c.name] for c in op.derivation.constants}
-    got = op.k.forward(p=p.copy(), grad=g.copy(), **{s: a.copy() for s, a in st.items()}, **consts)
+    k = compiled.kernels(rules.rule(rule), "float64")
+    consts = {c.name: HYPER[c.name] for c in k.derivation.constants}
+    got = k.forward(p=p.copy(), grad=g.copy(), **{s: a.copy() for s, a in st.items()}, **consts)
     want_p, want_st = numpy_step(rule, p, g, st, HYPER)
     np.testing.assert_allclose(got["p_new"], want_p, rtol=1e-12, atol=1e-14, err_msg=f"{rule}: p_new")
     for s, a in want_st.items():
@@ -81,8 +81,8 @@ def test_optimizer_step_in_place_equals_numpy_reference(rule):
 
 def quadratic_loss_and_grad(p, target, mse):
     """Loss mean((p - target)^2) and its gradient, both from the mse layer's kernels."""
-    res, ctx = mse(pred=p.data, target=target)
-    p.grad[...] = mse.backward(ctx, g=1.0)["pred"]
+    res = mse.forward(pred=p.data, target=target)
+    p.grad[...] = mse.backward(g=1.0, pred=p.data, target=target)["pred"]
     return float(res["loss"])
 
 
@@ -91,7 +91,7 @@ def test_every_optimizer_decreases_a_convex_quadratic(name):
     rng = np.random.default_rng(3)
     target = rng.standard_normal((4, 6))
     p = Param(np.zeros((4, 6)))
-    mse = Op("mse", "float64")
+    mse = compiled.kernels("mse", "float64")
     lr = {"adagrad": 0.3, "rmsprop": 0.02, "adam": 0.05, "adamw": 0.05}.get(name, 1.0)
     opt = make_optimizer(name, [p], lr=lr)
     losses = []

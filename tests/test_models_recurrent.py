@@ -15,7 +15,7 @@ def test_bptt_gradients_of_a_4_step_unroll_match_central_finite_differences(cell
     for p in m.parameters():  # larger weights than the init: every path carries a visible gradient
         p.data += 0.3 * rng.standard_normal(p.shape)
     x, y = rng.integers(0, 7, (2, 4)), rng.integers(0, 7, (2, 4))
-    state = tuple(0.5 * rng.standard_normal(s.shape) for s in m.cell.initial(2))  # a carried state
+    state = tuple(0.5 * rng.standard_normal(s.shape) for s in m.initial(2))  # a carried state
     m.zero_grad()
     m(x, y, state)
     m.backward()

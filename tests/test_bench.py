@@ -1,0 +1,140 @@
+"""`symgrad bench train`: its options, the GEMM floor, the load processes, and one tiny run of the
+bench itself (1 round of 1 step, a small GPT), its JSON shape and its text. Timings are not
+checked: they are measured, not tested."""
+
+import argparse
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from models import bench
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+TINY = dict(block_size=16, n_layer=1, n_head=2, n_embd=32)
+
+
+def _args(**kw):
+    a = dict(threads=1, rounds=1, steps=1, profile=False, json=True, peer=("eager",), load=0)
+    a.update(kw)
+    return argparse.Namespace(**a)
+
+
+@pytest.fixture
+def keep_threads():
+    """The bench sets Numba's, torch's and the BLAS's thread counts: put them back afterwards."""
+    import numba
+
+    import compiled
+
+    n = numba.get_num_threads()
+    torch = pytest.importorskip("torch")
+    t = torch.get_num_threads()
+    yield
+    numba.set_num_threads(n)
+    torch.set_num_threads(t)
+    compiled.set_blas_threads(n)
+
+
+def _tiny():
+    from models.gpt import GPTConfig
+
+    return GPTConfig(**TINY)
+
+
+class _Ref:  # the reference config's shapes, without importing models.gpt
+    vocab_size, block_size, n_layer, n_head, n_embd = 65, 64, 4, 4, 128
+
+
+def test_floor_gemms_of_the_reference_step():
+    g = bench.floor_gemms(_Ref, 12)
+    assert bench.matmul_flops(g) == 3_964_207_104  # 3.96 GFLOP in matmuls (notes/performance-baseline)
+    assert sum(c for *_, c in g) == 4 * 4 * 3 + 3 + 12 * 4 * 4 * 6
+    assert ("qkv fwd x@W", 768, 128, 384, False, False, 4) in g
+    assert ("mlp_proj dW x.T@g", 512, 768, 128, True, False, 4) in g
+    assert ("lm_head dX g@W.T", 768, 65, 128, False, True, 1) in g
+    assert ("attn gk=gS.T@q", 64, 64, 32, True, False, 192) in g
+
+
+def test_floor_computes_the_listed_products():
+    gemms = [("nn", 3, 4, 5, False, False, 2), ("nt", 2, 3, 4, False, True, 1),
+             ("tn", 4, 3, 2, True, False, 1), ("tt", 3, 2, 5, True, True, 1)]
+    run = bench.build_floor(gemms)
+    run()
+    A, B, O, table = run.buffers
+    assert len(table) == 5
+    for M, K, N, ta, tb, oa, ob, oo in table:
+        a = A[oa:oa + M * K].reshape((K, M) if ta else (M, K))
+        b = B[ob:ob + K * N].reshape((N, K) if tb else (K, N))
+        want = (a.T if ta else a) @ (b.T if tb else b)
+        np.testing.assert_allclose(O[oo:oo + M * N].reshape(M, N), want, rtol=1e-5, atol=1e-6)
+
+
+def test_parse_peers():
+    assert bench.parse_peers("eager") == ("eager",)
+    assert bench.parse_peers("all") == ("eager", "fused", "compile")
+    assert bench.parse_peers("fused,eager,fused") == ("fused", "eager")
+    for bad in ("", "jit", "eager,jit"):
+        with pytest.raises(ValueError):
+            bench.parse_peers(bad)
+
+
+def test_cli_options(capsys):
+    from symgrad.train_cmd import _bench_parser, bench_main
+
+    p = _bench_parser()
+    a = p.parse_args([])
+    assert (a.peer, a.load, a.threads, a.rounds, a.steps, a.json, a.profile) == ("eager", 0, 2, 5, 10, False, False)
+    assert p.parse_args(["--load"]).load == os.cpu_count()
+    assert p.parse_args(["--load", "--json"]).load == os.cpu_count()
+    assert p.parse_args(["--load", "3", "--peer", "all"]).load == 3
+    assert bench_main(["--peer", "jit"]) == 2
+    assert bench_main(["--load", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown peer 'jit'" in err and ">= 0" in err
+
+
+def test_load_processes_start_and_are_killed():
+    with bench.busy_load(2) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
+    with pytest.raises(KeyboardInterrupt):
+        with bench.busy_load(1) as procs:
+            assert procs[0].poll() is None
+            raise KeyboardInterrupt
+    assert procs[0].poll() is not None
+
+
+@needs_torch
+def test_bench_json_shape(capsys, keep_threads):
+    assert bench.main(_args(load=1), cfg=_tiny(), batch=2, memory=False) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["load"] == 1 and len(bench.LAST_LOAD) == 1 and bench.LAST_LOAD[0].poll() is not None
+    assert list(res["peers"]) == ["eager"]
+    eager = res["peers"]["eager"]
+    for k in ("ms_per_step", "speedup", "speedup_min", "speedup_max", "tokens_per_s", "mfu"):
+        assert isinstance(eager[k], float) and eager[k] > 0, k
+    assert eager["speedup_min"] <= eager["speedup"] <= eager["speedup_max"]
+    for k in ("floor_ms", "symgrad_ms_per_step", "symgrad_mfu", "floor_mfu", "sgemm_peak_gflops",
+              "matmul_gflop_per_step", "symgrad_over_floor"):
+        assert res[k] > 0, k
+    assert res["speedup"] == eager["speedup"] and res["torch_ms_per_step"] == eager["ms_per_step"]
+    assert res["config"]["n_embd"] == 32 and not res["reference_config"]
+
+
+@needs_torch
+def test_bench_text(capsys, keep_threads):
+    assert bench.main(_args(json=False, profile=True, peer=("eager", "fused")), cfg=_tiny(), batch=2,
+                      memory=False) == 0
+    out = capsys.readouterr().out
+    for s in ("symgrad ", "torch eager", "torch fused", "GEMM floor", "symgrad/floor",
+              "MFU counts matmul FLOPs only", "speedup"):
+        assert s in out, s
+
+
+@needs_torch
+def test_memory_child(keep_threads):
+    r = bench._memory_child("eager", _tiny().as_dict(), 2, 1, 1)
+    assert r["peak_mib"] >= r["baseline_mib"] > 0 and r["growth_mib"] >= 0
