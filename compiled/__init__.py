@@ -14,6 +14,6 @@ Pipeline: derive's index expressions -> `lower` (BLAS contractions, scatter-adds
 from .version import GENERATOR_VERSION
 from .api import KernelError, Kernels, kernels
 from .cache import cache_dir
-from .threads import set_blas_threads
+from .threads import set_blas_threads, set_threads
 
-__all__ = ["kernels", "Kernels", "KernelError", "cache_dir", "set_blas_threads", "GENERATOR_VERSION"]
+__all__ = ["kernels", "Kernels", "KernelError", "cache_dir", "set_blas_threads", "set_threads", "GENERATOR_VERSION"]

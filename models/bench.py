@@ -228,13 +228,15 @@ def _batch(cfg, batch):
 
 
 def _set_threads(n):
-    import numba
+    """torch gets n threads; symgrad's steps at most n (each step picks 1..n by measurement,
+    models/threads.py), the floor and the peak run on n."""
     import torch
 
     import compiled
+    from . import threads
 
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    compiled.set_blas_threads(n)  # SciPy's OpenBLAS, which np.dot inside the kernels uses
+    compiled.set_threads(n)
+    threads.set_most(n)
     torch.set_num_threads(n)
 
 
@@ -386,8 +388,17 @@ def _run(a, peers, n_load, cfg, batch, memory):
         sides[p] = torch_side(p, model, x, y)
     gemms = floor_gemms(cfg, batch)
     flops = matmul_flops(gemms)
-    floor = build_floor(gemms, cfg.dtype)
-    peak_call = build_peak(cfg.dtype)
+    from .threads import use
+    floor_gemms_ = build_floor(gemms, cfg.dtype)
+    peak_gemm = build_peak(cfg.dtype)
+
+    def floor():  # always on all the threads asked for (a symgrad step may have chosen fewer)
+        use(a.threads)
+        floor_gemms_()
+
+    def peak_call():
+        use(a.threads)
+        return peak_gemm()
 
     def timed(fn):
         t0 = time.perf_counter()
@@ -447,6 +458,8 @@ def _run(a, peers, n_load, cfg, batch, memory):
         res["peers"][p] = {"torch": desc, "ms_per_step": t, "tokens_per_s": tokens / t * 1000,
                            "speedup": med, "speedup_min": lo, "speedup_max": hi, "mfu": mfu(t),
                            "ms_per_round": ms[p], "first_step_s": first[p], "warmup_s": warmup[p]}
+    tuner = model._last.tuner  # the training step's own choice of threads (models/threads.py)
+    res["symgrad_threads"] = {"chosen": tuner.n, "ms_by_threads": {str(n): t * 1000 for n, t in tuner.time.items()}}
     p0 = res["peers"][peers[0]]
     res.update({"torch_ms_per_step": p0["ms_per_step"], "torch_tokens_per_s": p0["tokens_per_s"],
                 "speedup": p0["speedup"], "speedup_min": p0["speedup_min"],
@@ -494,6 +507,9 @@ def _report(a, res):
         line = (f"  {'torch ' + p:16s}{r['ms_per_step']:9.1f} ms/step {r['tokens_per_s']:9,.0f} tokens/s"
                 f"  MFU {r['mfu']:6.1%}  speedup {r['speedup']:.2f}x ({r['speedup_min']:.2f}-{r['speedup_max']:.2f})")
         print(line + (_mem(r["peak_mem_mib"]) if mem else ""))
+    th = res["symgrad_threads"]
+    print(f"  {'':16s}symgrad's step chose {th['chosen']} thread(s); recent ms by count: "
+          + ", ".join(f"{n}: {v:.1f}" for n, v in sorted(th["ms_by_threads"].items())))
     print(f"  {'GEMM floor':16s}{res['floor_ms']:9.1f} ms/step {'':18s}  MFU {res['floor_mfu']:6.1%}"
           f"  symgrad/floor {res['symgrad_over_floor']:.2f}x  ({res['floor_gemm_calls']} GEMMs, {res['floor_gemm']})")
     print(f"  MFU counts matmul FLOPs only: {res['matmul_gflop_per_step']:.2f} GFLOP/step, over an sgemm peak of "

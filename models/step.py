@@ -18,6 +18,7 @@ printed functions; its `results` are views of the activation buffer (valid until
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from compiled import cache
 
 from .graph import GraphError
 from .plan import Plan, ident
+from .threads import ThreadTuner
 
 GENERATOR = "2"
 ARENAS = ("params", "grads", "acts", "work")
@@ -177,6 +179,7 @@ class Step:
             s = plan.slots[plan.value_slot[id(v)]]
             self.results[name] = self._view(s)
         self._ran = False
+        self.tuner = ThreadTuner()
 
     def _view(self, s):
         buf = {"acts": self.acts, "work": self.work, "params": self.params, "grads": self.grads}.get(s.buffer)
@@ -211,15 +214,23 @@ class Step:
 
     def forward(self, **inputs) -> float:
         self._load(inputs)
+        self.tuner.choose()
+        t0 = time.perf_counter()
+        loss = float(self._fwd())
+        self._t = time.perf_counter() - t0
+        if not self.plan.train:
+            self.tuner.record(self._t)
         self._ran = True
-        return float(self._fwd())
+        return loss
 
     def backward(self):
         if not self.plan.train:
             raise GraphError(f"{self.graph.name}: this step was planned without a backward")
         if not self._ran:
             raise GraphError(f"{self.graph.name}: backward() before forward()")
+        t0 = time.perf_counter()
         self._bwd()
+        self.tuner.record(self._t + time.perf_counter() - t0)
 
 
 def _index_bounds(plan) -> dict:

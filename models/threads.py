@@ -1,0 +1,75 @@
+"""How many threads a printed step runs on: chosen by measurement, step by step.
+
+On an idle 2-core machine a training step is fastest on both cores; when other processes hold
+the cores, every parallel region (a BLAS call, a `prange` loop) waits for its slowest thread,
+which may not be scheduled for milliseconds, and one thread is faster — by 10x and more for
+small products (a batch-1 forward while sampling). No fixed rule gets both right, and the
+machine's load changes while a run goes on, so each `Step` keeps its own `ThreadTuner`: the
+count with the lowest recent time runs; every `explore` calls one call tries another count, so
+a machine that becomes busy, or idle again, is followed within a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+_current = [None]  # the count last set in this process (setting it costs a few library calls)
+_most = [None]  # the cap set by set_most (None: every core this process may use)
+
+
+def available() -> int:
+    """Cores this process may use (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def set_most(n: int | None):
+    """Cap the thread count of every step (`symgrad bench train --threads N`); None: no cap."""
+    _most[0] = None if n is None else max(1, int(n))
+    _current[0] = None
+
+
+def most() -> int:
+    return _most[0] or available()
+
+
+def use(n: int):
+    if _current[0] != n:
+        import compiled
+        _current[0] = compiled.set_threads(n)
+
+
+class ThreadTuner:
+    """Picks a thread count in 1..most for each call and learns from the time it took."""
+
+    def __init__(self, explore: int = 64, weight: float = 0.3):
+        self.explore, self.weight = explore, weight
+        self.time = {}  # count -> moving average of seconds per call
+        self.calls = 0
+        self.n = most()
+
+    def choose(self) -> int:
+        self.calls += 1
+        untried = [n for n in self.candidates() if n not in self.time]
+        if untried:
+            self.n = untried[0]
+        else:
+            best = min(self.time, key=self.time.get)
+            others = [n for n in self.candidates() if n != best]
+            self.n = others[(self.calls // self.explore) % len(others)] \
+                if others and self.calls % self.explore == 0 else best
+        use(self.n)
+        return self.n
+
+    def record(self, seconds: float):
+        old = self.time.get(self.n)
+        self.time[self.n] = seconds if old is None else (1 - self.weight) * old + self.weight * seconds
+
+    def candidates(self):
+        m = most()
+        return [m, 1] if m > 1 else [1]
+
+
+__all__ = ["ThreadTuner", "available", "most", "set_most", "use"]

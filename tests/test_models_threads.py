@@ -1,0 +1,30 @@
+"""The thread-count policy of the printed steps: the faster count wins, the other is retried
+now and then, so a machine that becomes busy (or idle again) is followed."""
+
+from models import threads
+from models.threads import ThreadTuner
+
+
+def test_tuner_follows_the_faster_count_and_keeps_exploring(monkeypatch):
+    monkeypatch.setattr(threads, "use", lambda n: None)
+    monkeypatch.setattr(threads, "most", lambda: 2)
+    t = ThreadTuner(explore=8)
+    cost = {2: 0.010, 1: 0.018}  # idle: two threads are faster
+    seen = []
+    for step in range(200):
+        if step == 100:
+            cost = {2: 0.120, 1: 0.025}  # other processes take the cores: one thread is faster
+        n = t.choose()
+        seen.append(n)
+        t.record(cost[n])
+    idle, busy = seen[20:100], seen[120:]
+    assert idle.count(2) > 0.8 * len(idle) and 1 in idle  # mostly 2, 1 retried now and then
+    assert busy.count(1) > 0.8 * len(busy) and 2 in busy
+    assert seen[100:112].count(1) >= 3  # switched within a few steps
+
+
+def test_tuner_with_one_core_never_asks_for_two(monkeypatch):
+    monkeypatch.setattr(threads, "use", lambda n: None)
+    monkeypatch.setattr(threads, "most", lambda: 1)
+    t = ThreadTuner()
+    assert {t.choose() for _ in range(100)} == {1}
