@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import keyword
+import os
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -21,16 +22,70 @@ from derive.derivation import lhs_of
 from derive.functions import MaxOver
 
 from . import elementary
-from .lower import Lowerer
+from .blas import CACHE_TAG as BLAS_TAG, backend as blas_backend
+from .lower import Dot, Lowerer
 from .version import GENERATOR_VERSION
-from .writer import KernelWriter
+from .writer import KernelWriter, helper_imports, helper_source
 
 FASTMATH = "{'arcp', 'contract', 'afn', 'reassoc', 'nsz'}"  # never nnan/ninf: NaN checks stay right
 RESERVED = {"np", "math", "F", "njit", "range", "max", "min", "abs", "FAST", "prange", "numba",
-            "ir", "types", "intrinsic"} | set(elementary.HELPERS)
+            "ir", "types", "intrinsic", "gemm", "PARALLEL_MIN", "PRANGE_ONLY", "ParallelOptions",
+            "maximum", "pool_threads"} | set(elementary.HELPERS)
 # error_model="numpy": a float division by zero gives inf/NaN as IEEE says instead of a Python
 # ZeroDivisionError check, which kept every loop with a division from vectorizing
 JIT = '@njit(cache=True, fastmath=FAST, error_model="numpy")'
+# a kernel with a prange loop (compiled/writer.py: parallelize). PRANGE_ONLY turns Numba's
+# other automatic conversions off: they would send a 128-element `dgamma[:] = 0` to the threads.
+JIT_PARALLEL = '@njit(cache=True, fastmath=FAST, error_model="numpy", parallel=PRANGE_ONLY)'
+
+
+def _prange_layer():
+    """The Numba threading layer the kernels' prange loops run on; None: print no prange.
+
+    TBB, deliberately. On these 2-core VMs (measured, see PARALLEL_MIN): TBB's work-stealing
+    lets the calling thread do all the work when the other core is busy, so a parallel loop
+    costs about what the serial one does under load; OpenMP (libgomp, Numba's omp layer) hands
+    each thread its half up front and waits for both, so with one core taken by another
+    process a 3072 x 64 softmax backward took 6.3 ms (median) instead of 60 us, and its idle
+    workers spin after each loop, slowing the next OpenBLAS call (224 -> 4150 us, 256^3 SGEMM)
+    where TBB left it alone; workqueue costs 23 us to start a loop (a futex round trip per
+    call) and aborts on concurrent calls from two Python threads. Without TBB (the `tbb` wheel)
+    the kernels stay serial, unless NUMBA_THREADING_LAYER names a layer: then that one is used.
+    """
+    chosen = os.environ.get("NUMBA_THREADING_LAYER", "").strip().lower()
+    if chosen and chosen != "default":
+        return chosen
+    try:
+        import numba
+        from numba.np.ufunc.parallel import _check_tbb_version_compatible
+        _check_tbb_version_compatible()
+        from numba.np.ufunc import tbbpool  # noqa: F401  (loads: the layer Numba would pick)
+    except ImportError:
+        return None
+    numba.config.THREADING_LAYER = "tbb"  # the default priority also puts tbb first
+    return "tbb"
+
+
+PRANGE_LAYER = _prange_layer()
+# The work (KernelWriter.work: element visits, 5 for one with an exp) from which a loop's rows
+# are split over the threads; below it the serial copy runs. Measured on the 2-vCPU VM, TBB,
+# quiet, serial vs prange per call (us, best of 25 rounds), the generated float32 kernels:
+#                      rows:    64     256      768     3072      work at 768 rows
+#   softmax fwd (n=64)       4.6/10.5 24.7/23.4 65/49   201/128   393k  (8*N*n)
+#   softmax bwd (n=64)       1.1/4.8   5.6/12.5 15/17    71/34    98k  (2*N*n)
+#   layernorm fwd (C=128)    3.7/8.0  15.2/17.4 43/31   136/80    295k  (3*C*N)
+#   layernorm bwd (C=128)    4.9/10.1 25.4/27.1 72/60   283/205   295k  (3*C*N)
+#   cross_entropy fwd (V=65) 5.0/11.0 24.6/21.9 68/45   215/134   300k  (6*N*V)
+#   cross_entropy bwd (V=65) 4.4/13.3 24.1/25.3 58/41   174/123   250k  (5*N*V)
+# Starting the threads costs ~6 us a loop; the parallel copy breaks even between 130k and 200k
+# of work for all six (softmax bwd at 1536 rows, 196k: 32 -> 23 us), so batch-1 sampling
+# (work ~ 500) never pays for it and every kernel at the GPT shapes does. With both cores
+# taken by two other processes the medians stay at the serial ones' (TBB runs the loop on the
+# calling thread) but some calls stall for milliseconds when a worker that took half the rows
+# is descheduled (3072-row softmax fwd: median 379 us serial, 1002 us parallel); on a machine
+# known to be busy, use one thread (numba.set_num_threads(1), `symgrad bench kernels
+# --threads 1`).
+PARALLEL_MIN = 200_000 if PRANGE_LAYER else None
 
 
 @dataclass
@@ -64,9 +119,12 @@ def ident(name: str) -> str:
 
 
 def layer_key(d, dtype: str) -> str:
-    """Hash of the expressions, the argument specs, dtype and generator version."""
+    """Hash of the expressions, the argument specs, dtype, generator version and the BLAS the
+    products call (compiled/blas.py's backend and source: Numba's cache sees only the kernel's
+    own file)."""
     h = hashlib.sha256()
-    h.update(f"{GENERATOR_VERSION}|{dtype}|{d.name}|".encode())
+    h.update(f"{GENERATOR_VERSION}|{BLAS_TAG}|{dtype}|{d.name}|".encode())
+    h.update(f"prange:{PRANGE_LAYER}:{PARALLEL_MIN}|".encode())  # whether loops print as prange
     for a in d.graph.args:
         h.update(f"{a.name}:{a.role}:{a.integer}:{a.default}:{sp.srepr(sp.Tuple(*a.shape))};".encode())
     for b in d.graph.bindings:
@@ -86,6 +144,9 @@ class ModuleBuilder:
         # float32: exp/tanh/erf print as compiled.elementary's vectorizable helpers
         self.calls = elementary.FLOAT32_CALLS if dtype == "float32" else None
         self.used = set()  # helpers the kernels call
+        self.helpers = set()  # loop helpers (compiled.writer.HELPERS) the kernels call
+        self.parallel = False  # whether a kernel has a prange loop
+        self.gemm = False  # whether a kernel calls compiled.blas.gemm
 
     # --- names shared by both kernels --------------------------------------------------------
     def base_names(self):
@@ -261,17 +322,26 @@ class ModuleBuilder:
             taken.add(names[r])
         index_syms = set(low.extents)
         self.index_names(names, taken, index_syms)
-        w = KernelWriter(names, index_syms, low.extents, self.calls, self.used)
+        w = KernelWriter(names, index_syms, low.extents, self.calls, self.used,
+                         temps=[n for n, _ in temps] + [t.name for t in low.out.temps],
+                         parallel_min=PARALLEL_MIN)
         w.taken |= taken
         body = w.write(low.out.stmts)
+        self.helpers |= w.helpers
+        self.parallel |= w.parallel
+        self.gemm |= any(isinstance(st, Dot) for st in low.out.stmts)
         args = ", ".join(names[p.name] for p in spec.params)
-        lines = [JIT, f"def {spec.func}({args}):"]
+        lines = [JIT_PARALLEL if w.parallel else JIT, f"def {spec.func}({args}):"]
         doc = self.docstring(spec)
         lines.append(f'    """{doc}"""')
         for name, shape in temps:
+            if name in w.scalarized:  # a row value, printed as a local of its row loop
+                continue
             shp = ", ".join(w_index(s, names) for s in shape)
             lines.append(f"    {names[name]} = np.empty(({shp},), F)")
         for t in low.out.temps:
+            if t.name in w.scalarized:
+                continue
             shp = ", ".join(w_index(s, names) for s in t.shape)
             lines.append(f"    {names[t.name]} = np.empty(({shp},), F)")
         lines.extend(body.render(1))
@@ -326,15 +396,26 @@ def module_source(d, dtype: str, key: str, blas: bool = True):
         "import math",
         "",
         "import numpy as np",
-        "from numba import njit",
-        *elementary.imports(mb.used),
+        "from numba import njit" + (", prange" if mb.parallel else ""),
+        *sorted(set(elementary.imports(mb.used)) | set(helper_imports(mb.helpers))),
+        *(["from numba.core.cpu_options import ParallelOptions"] if mb.parallel else []),
+        *([f"from compiled.blas import gemm  # out = a @ b: {blas_backend()} (compiled/blas.py)"]
+          if mb.gemm else []),
         "",
         f"F = np.{dtype}",
         f"FAST = {FASTMATH}  # no nnan/ninf: isnan/isfinite stay correct",
         "# error_model=\"numpy\": x/0 gives inf or NaN as IEEE says (no ZeroDivisionError check, so",
         "# loops with a division vectorize)",
+        *(["# parallel=PRANGE_ONLY: only the loops printed as prange run in threads (Numba's other",
+           "# automatic conversions stay off); each runs when its call visits PARALLEL_MIN elements",
+           "PRANGE_ONLY = ParallelOptions({'prange': True, 'comprehension': False, 'reduction': False,",
+           "                               'inplace_binop': False, 'setitem': False, 'numpy': False,",
+           "                               'stencil': False, 'fusion': False})",
+           f"PARALLEL_MIN = {PARALLEL_MIN}  # compiled/build.py: where it was measured"]
+          if mb.parallel else []),
         "",
         "",
+        *(["# Loop helpers (compiled/writer.py).", "", helper_source(mb.helpers)] if mb.helpers else []),
         *(["# Vectorizable float32 elementary functions (compiled/elementary.py); libm is called",
            "# one element at a time without a vector math library.", "",
            elementary.source(mb.used)] if mb.used else []),

@@ -132,7 +132,9 @@ class NumbaPrinter(StrPrinter):
         if ex.is_Integer and 1 <= abs(int(ex)) <= 4:
             prod = "*".join([self.parenthesize(base, precedence(sp.Mul(2, sp.Symbol("z"))))] *
                             abs(int(ex)))
-            return f"({prod})" if int(ex) > 0 else f"(F(1) / ({prod}))"
+            if int(ex) > 0:
+                return f"({prod})"
+            return f"(F(1) / {prod})" if int(ex) == -1 else f"(F(1) / ({prod}))"
         return f"{b} ** {self.parenthesize(ex, precedence(e), strict=True)}"
 
     def _print_Mod(self, e):

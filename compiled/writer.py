@@ -4,7 +4,28 @@ Loop nests run over the index symbols (named as in the math); each reduction bec
 accumulator initialised and filled at the loop depth where its free indices are all bound, so
 softmax's `sum_k g[i,k]*s[i,k]` is computed once per row, before the loop over j. Consecutive
 nests over the same leading index whose reads stay within that row are fused under one loop
-(softmax's m, e, z, s: one pass per row). `sympy.cse` runs per element expression.
+(softmax's m, e, z, s: one pass per row); consecutive accumulations over the same loops share
+them (layernorm's dgamma and dbeta: one pass over g). `sympy.cse` runs per element expression.
+
+What a loop does not change is computed outside it: a row value such as softmax's m[i] or
+layernorm's mean[i], written in the fused row loop and read later in the same row, is a local
+(a temporary read nowhere else is not allocated at all), and each part of an element
+expression that depends only on outer indices (a row's rstd[i]**2, 1/C, a target id) is
+computed once at the loop where those indices are bound. A store into an array can alias
+every later load, so LLVM could not move those loads itself, and a loop that reloads a value
+through a possibly aliased pointer does not vectorize well.
+
+A max-reduction calls `maximum` (llvm.maximum: IEEE maximum, NaN-propagating like np.max),
+which LLVM vectorizes; Python's `max` is a compare-and-select it keeps scalar without the
+nnan fast-math flag (softmax's row max: 126 us -> 24 us at 3072 x 64 float32).
+
+An outermost loop whose iterations write disjoint elements (its index leads every write of
+the loop and every read of what the loop writes) and accumulate nothing across iterations is
+printed twice, as `prange` and as `range`, behind `if <work> >= PARALLEL_MIN and
+pool_threads() > 1` (`work`: its element visits, from the extents at run time; PARALLEL_MIN
+and the threading layer are set, with their measurements, in compiled/build.py): a call too
+small to pay for waking the threads (batch-1 sampling), or made with one thread
+(numba.set_num_threads(1)), never touches the thread pool.
 """
 
 from __future__ import annotations
@@ -13,9 +34,48 @@ import itertools
 
 import sympy as sp
 
-from .lower import Dot, Nest, red_body, red_limits, reductions, _canon_bound
+from .lower import Dot, Nest, red_body, red_limits, reductions, _canon_bound, _reads
 from .printer import print_index, print_value
-from derive.functions import MaxOver
+from derive.functions import Iverson, MaxOver
+
+# Loop helpers a kernel may call, copied into its generated file (Numba's cache sees only that
+# file): name -> (source, import lines).
+HELPERS = {
+    "maximum": ('''
+@intrinsic
+def maximum(typingctx, a, b):
+    """max(a, b), NaN if either is NaN (IEEE-754 maximum, as np.max): llvm.maximum, which LLVM
+    vectorizes as a reduction; Python's max is a compare-and-select it keeps scalar."""
+    if a != b:
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.maximum", [ty], ir.FunctionType(ty, [ty, ty]))
+        return builder.call(fn, args)
+    return a(a, b), codegen
+''', ["from llvmlite import ir", "from numba.extending import intrinsic"]),
+    "pool_threads": ('''
+@intrinsic
+def pool_threads(typingctx):
+    """numba.get_num_threads(), read as Numba's own prange code reads it (a symbol of the
+    threading layer): calling numba.get_num_threads here would stop the kernel from being
+    cached. 1 after numba.set_num_threads(1): the serial copy of a loop runs, no thread pool."""
+    def codegen(context, builder, signature, args):
+        fn = builder.module.globals.get("get_num_threads") or \\
+            ir.Function(builder.module, ir.FunctionType(ir.IntType(64), []), "get_num_threads")
+        return builder.call(fn, [])
+    return types.intp(), codegen
+''', ["from llvmlite import ir", "from numba import types", "from numba.extending import intrinsic"]),
+}
+
+
+def helper_imports(used) -> list:
+    return sorted({line for name in used for line in HELPERS[name][1]})
+
+
+def helper_source(used) -> str:
+    return "\n".join(HELPERS[name][0].strip("\n") + "\n\n" for name in sorted(used))
 
 
 class Block:
@@ -52,11 +112,36 @@ def _stem(r):
     return f"{kind}_{body}".replace("__", "_")
 
 
+# element functions that cost several plain passes each (for KernelWriter.work)
+_COSTLY = {sp.exp, sp.log, sp.tanh, sp.sinh, sp.cosh, sp.sin, sp.cos, sp.atan, sp.erf}
+
+
+def _costly_calls(e):
+    """How many _COSTLY calls an element expression makes (those inside reductions not counted)."""
+    if isinstance(e, (sp.Sum, MaxOver)):
+        return 0
+    own = 1 if isinstance(e, sp.Function) and e.func in _COSTLY else 0
+    return own + sum(_costly_calls(a) for a in e.args)
+
+
+def _guarded(e):
+    """A conditional the printer prints as `value if cond else 0`: what is inside is computed
+    only when cond holds (a read behind an index test, an exp behind a causal mask), so it is
+    never moved out of it."""
+    return isinstance(e, (sp.Piecewise, Iverson)) or \
+        (isinstance(e, sp.Mul) and any(isinstance(f, Iverson) for f in e.args))
+
+
 class KernelWriter:
-    """Prints the statements of one kernel; `names` maps symbols/labels to identifiers."""
+    """Prints the statements of one kernel; `names` maps symbols/labels to identifiers.
+
+    `temps`: the arrays the kernel allocates itself (those it may print as locals instead; the
+    ones it did are in `scalarized` afterwards). `parallel_min`: the element count from which
+    an independent outermost loop runs as prange (None: never); `parallel` tells whether one
+    was printed, `helpers` which loop helpers the code calls."""
 
     def __init__(self, names: dict, index_vars: set, extents: dict, calls: dict | None = None,
-                 used: set | None = None):
+                 used: set | None = None, temps=(), parallel_min=None):
         self.extents = extents
         self.calls = calls  # sympy function -> helper call (float32: compiled.elementary)
         self.used = used if used is not None else set()  # helpers printed
@@ -64,6 +149,15 @@ class KernelWriter:
         self.index_vars = set(index_vars)
         self.taken = set(self.names.values())
         self.fresh = itertools.count()
+        self.temps = set(temps)
+        self.scalarized = set()
+        self.parallel_min = parallel_min
+        self.parallel = False
+        self.helpers = set()
+        self.subst = {}  # Indexed row value -> the local holding it (within its fused loop)
+        self.sym_free = {}  # local symbol -> the index symbols its value depends on
+        self.hoisted = {}  # (expression, block id) -> local symbol computed in that block
+        self.row_local = {}  # id(statement) -> (local symbol, also stored?) in the current loop
 
     def ident(self, stem):
         base = "".join(c if c.isalnum() or c == "_" else "_" for c in stem) or "t"
@@ -82,6 +176,8 @@ class KernelWriter:
 
     # --- statements ------------------------------------------------------------------------
     def write(self, stmts) -> Block:
+        stmts = self.inline_cheap(list(stmts))
+        self.stmts = stmts
         root = Block()
         n = 0
         while n < len(stmts):
@@ -93,14 +189,62 @@ class KernelWriter:
                 n += 1
                 continue
             group = [st]
+            self.row_local = {}
             while n + len(group) < len(stmts) and self.fusable(group, stmts[n + len(group)]):
                 group.append(stmts[n + len(group)])
-            if len(group) > 1:
-                self.fused(group, own)
+            if len(group) == 1:
+                while n + len(group) < len(stmts) and self.same_loops(group, stmts[n + len(group)]):
+                    group.append(stmts[n + len(group)])
+                group = [group[0]] + [self.renamed(s, group[0]) for s in group[1:]]
+                self.nest(group, own)
             else:
-                self.nest(st, own)
+                self.fused(group, own)
+            self.parallelize(group, own)
+            self.subst = {}  # row values are locals of their own loop only
             n += len(group)
         return root
+
+    def inline_cheap(self, stmts):
+        """Temporaries that cost less to recompute than to store and load again (layernorm's
+        xc = x - mean: one subtraction) are not stored: their readers compute them. Such a
+        temporary is written once, elementwise over its whole shape (no reduction, no call, at
+        most 3 operations), read only by loop nests (not as a BLAS operand), and nothing it reads
+        is written after it."""
+        out = list(stmts)
+        n = 0
+        while n < len(out):
+            st = out[n]
+            n += 1
+            if not isinstance(st, Nest) or st.accumulate or st.note or st.target not in self.temps:
+                continue
+            e = st.expr
+            if e.has(sp.Sum, MaxOver, sp.Piecewise, Iverson) or e.atoms(sp.Function) or \
+                    sp.count_ops(e) > 3:
+                continue
+            if not all(isinstance(i, sp.Symbol) for i in st.write) or len(set(st.write)) != len(st.write) \
+                    or [v for v, _, _ in st.order] != list(st.write):
+                continue
+            later = out[n:]
+            writes = lambda s: s.target if isinstance(s, Nest) else s.out  # noqa: E731
+            if any(writes(s) == st.target for s in out if s is not st):
+                continue
+            if any(isinstance(s, Dot) and _reads(s, st.target) for s in later):
+                continue
+            if any(any(str(ix.base.label) == writes(s) for ix in e.atoms(sp.Indexed)) for s in later):
+                continue
+            if any(str(ix.base.label) == st.target and len(ix.indices) != len(st.write)
+                   for s in later if isinstance(s, Nest) for ix in s.expr.atoms(sp.Indexed)):
+                continue
+            for m, s in enumerate(later):
+                if isinstance(s, Nest) and _reads(s, st.target):
+                    sub = {ix: e.xreplace(dict(zip(st.write, ix.indices)))
+                           for ix in s.expr.atoms(sp.Indexed) if str(ix.base.label) == st.target}
+                    out[n + m] = Nest(s.target, s.write, s.order, s.expr.xreplace(sub),
+                                      s.accumulate, s.note)
+            n -= 1
+            del out[n]  # the statement that stored it
+            self.scalarized.add(st.target)
+        return out
 
     def fusable(self, group, st):
         first = group[0]
@@ -121,15 +265,68 @@ class KernelWriter:
                 return False
         return True
 
+    def same_loops(self, group, st):
+        """st accumulates over the same loops as the accumulations in group (layernorm's dgamma
+        and dbeta: `for n, for j`), into another array none of them reads: one loop nest."""
+        first = group[0]
+        plain = ("", "reduction over a leading axis")  # not a scatter-add, not a scale
+        if not isinstance(st, Nest) or not (st.accumulate and first.accumulate) or \
+                st.note not in plain or first.note not in plain or \
+                len(st.order) != len(first.order) or not st.order:
+            return False
+        if any((lo, hi) != (lo0, hi0) for (_, lo, hi), (_, lo0, hi0) in zip(st.order, first.order)):
+            return False
+        ren = {v: v0 for (v, _, _), (v0, _, _) in zip(st.order, first.order)}
+        if tuple(sp.sympify(i).xreplace(ren) for i in st.write) != tuple(first.write):
+            return False  # the same element written per iteration: the same local-sum layout
+        targets = {g.target for g in group} | {st.target}
+        if len(targets) != len(group) + 1:
+            return False
+        return not any(str(ix.base.label) in targets for g in group + [st]
+                       for ix in g.expr.atoms(sp.Indexed))
+
+    def renamed(self, st, like):
+        """st with its loop variables renamed to those of `like` (same_loops checked)."""
+        ren = {v: v0 for (v, _, _), (v0, _, _) in zip(st.order, like.order)}
+        return Nest(st.target, tuple(sp.sympify(i).xreplace(ren) for i in st.write), list(like.order),
+                    st.expr.xreplace(ren), st.accumulate, st.note)
+
     def fused(self, group, root):
         v, lo, hi = group[0].order[0]
         body = Block()
         root.rest.append(f"for {self.name_index(v)} in {_range(lo, hi, self.names)}:")
         root.rest.append(body)
+        self.row_locals(group)
         for st in group:
             blk = Block(flat=True)
             body.rest.append(blk)
-            self.nest(st, blk, outer=[(root, set()), (blk, {v})], order=st.order[1:])
+            self.nest([st], blk, outer=[(root, set()), (blk, {v})], order=st.order[1:])
+
+    def row_locals(self, group):
+        """The row values of a fused loop (m[i], z[i], mean[i]: written at [i] alone) that later
+        statements of the loop read: each becomes a local those statements read. A temporary
+        read nowhere else is then not allocated at all; an output is still stored."""
+        v = group[0].order[0][0]
+        self.row_local = {}
+        for n, st in enumerate(group):
+            if st.accumulate or tuple(st.write) != (v,) or len(st.order) != 1:
+                continue
+            t = st.target
+            writers = [s for s in self.stmts if (s.target if isinstance(s, Nest) else s.out) == t]
+            if len(writers) != 1:
+                continue
+            outside = any(_reads(s, t) for s in self.stmts if not any(s is g for g in group))
+            if t in self.temps and not outside:
+                name = self.names.get(t, t)  # the array is never allocated: its name is free
+                self.scalarized.add(t)
+            elif any(_reads(s, t) for s in group[n + 1:]):
+                name = self.ident(f"{self.names.get(t, t)}_{self.names[v]}")
+            else:
+                continue
+            sym = sp.Symbol(f"_row{next(self.fresh)}", real=True)
+            self.names[sym] = name
+            self.sym_free[sym] = {v}
+            self.row_local[id(st)] = (sym, t not in self.scalarized)
 
     def dot(self, st: Dot, root):
         for v in st.batch:
@@ -161,35 +358,41 @@ class KernelWriter:
         o_rest = tuple(st.out_idx[len(st.batch):])
         if o_rest[:len(st.M)] == tuple(st.M):
             o = mat(st.out, st.out_idx, st.M, st.N)
-            blk.rest.append(f"np.dot({a}, {b}, {o})")
+            blk.rest.append(f"gemm({a}, {b}, {o})")
         else:
             o = mat(st.out, st.out_idx, st.N, st.M)
-            blk.rest.append(f"np.dot({_t(b)}, {_t(a)}, {o})")
+            blk.rest.append(f"gemm({_t(b)}, {_t(a)}, {o})")
 
     def extent_of(self, st, v):
         return self.extents[v]
 
-    def nest(self, st: Nest, root, outer=None, order=None):
-        order = st.order if order is None else order
+    def nest(self, sts, root, outer=None, order=None):
+        """The loops of sts (one statement, or accumulations sharing their loops) and their
+        element assignments."""
+        order = sts[0].order if order is None else order
         blocks = outer or [(root, set())]
         blk, bound = blocks[-1]
-        if st.accumulate:
-            root.rest.append(f"{self.names.get(st.target, st.target)}[:] = F(0)")
-        lhs = self.names.get(st.target, st.target)
-        if st.write:
-            lhs = f"{lhs}[{', '.join(print_index(i, self.names) for i in st.write)}]"
+        lhs = {}
+        for st in sts:
+            if st.accumulate:
+                root.rest.append(f"{self.names.get(st.target, st.target)}[:] = F(0)")
+            lhs[id(st)] = self.names.get(st.target, st.target)
+            if st.write:
+                lhs[id(st)] += f"[{', '.join(print_index(i, self.names) for i in st.write)}]"
         # innermost loops that do not move the written element: sum them in a local first
         # (a += into the array would carry a memory dependence through every iteration)
+        st = sts[0]
         written = set().union(*[sp.sympify(i).free_symbols for i in st.write]) if st.write else set()
         n_inner = 0
         if st.accumulate:
             while n_inner < len(order) and order[len(order) - 1 - n_inner][0] not in written:
                 n_inner += 1
-        acc = None
+        acc = {}
         for depth, (v, lo, hi) in enumerate(order):
             if n_inner and depth == len(order) - n_inner:
-                acc = self.ident("acc")
-                blk.rest.append(f"{acc} = F(0)")
+                for s in sts:
+                    acc[id(s)] = self.ident("acc")
+                    blk.rest.append(f"{acc[id(s)]} = F(0)")
                 outer_blk = blk
             inner = Block()
             blk.rest.append(f"for {self.name_index(v)} in {_range(lo, hi, self.names)}:")
@@ -197,14 +400,31 @@ class KernelWriter:
             bound = bound | {v}
             blocks = blocks + [(inner, bound)]
             blk = inner
-        expr = self.place(st.expr, blocks, {})
-        if acc is None:
-            self.assign(blk, lhs, "+=" if st.accumulate else "=", expr)
-        else:
-            self.assign(blk, acc, "+=", expr)
-            outer_blk.rest.append(f"{lhs} += {acc}")
+        for st in sts:
+            expr = st.expr.xreplace(self.subst) if self.subst else st.expr
+            expr = self.place(expr, blocks, {}, {st.target})
+            row = self.row_local.get(id(st))
+            if row is not None:  # a row value: a local the rest of the row reads
+                sym, store = row
+                self.assign(blocks, self.names[sym], "=", expr, {st.target})
+                if store:
+                    blk.rest.append(f"{lhs[id(st)]} = {self.names[sym]}")
+                for later in self.stmts:  # the reads of it in the rest of the row
+                    for ix in later.expr.atoms(sp.Indexed) if isinstance(later, Nest) else ():
+                        if str(ix.base.label) == st.target and tuple(ix.indices) == tuple(st.write):
+                            self.subst[ix] = sym
+                continue
+            if id(st) not in acc:
+                self.assign(blocks, lhs[id(st)], "+=" if st.accumulate else "=", expr, {st.target})
+            else:
+                self.assign(blocks, acc[id(st)], "+=", expr, {st.target})
+                outer_blk.rest.append(f"{lhs[id(st)]} += {acc[id(st)]}")
 
-    def assign(self, blk, lhs, op, expr):
+    def assign(self, blocks, lhs, op, expr, protect=frozenset()):
+        """`lhs op expr` in the innermost of blocks, the parts of expr that its inner loops do
+        not change computed in the outer blocks (`hoist`), common subexpressions once."""
+        blk = blocks[-1][0]
+        expr = self.hoist(expr, blocks, protect)
         reps, (red,) = sp.cse(expr, symbols=(sp.Symbol(f"_cse{next(self.fresh)}") for _ in itertools.count()),
                               optimizations=None, order="none")
         for sym, val in reps:
@@ -215,7 +435,95 @@ class KernelWriter:
     def value(self, expr) -> str:
         return print_value(expr, self.names, self.calls, self.used)
 
-    def place(self, expr, blocks, cache):
+    # --- loop-invariant parts ----------------------------------------------------------------
+    def free_idx(self, e):
+        """The loop indices e depends on (through the locals it reads, too)."""
+        out = set()
+        for s in e.free_symbols:
+            if s in self.index_vars:
+                out.add(s)
+            elif s in self.sym_free:
+                out |= self.sym_free[s]
+        return out
+
+    def hoist(self, expr, blocks, protect):
+        """expr with each part that depends only on outer loop indices replaced by a local
+        computed in the block of the loop binding those indices (once per row, not once per
+        element): reads of arrays other than those in `protect` (what the loop writes), and
+        arithmetic on them and on scalars (1/C, rstd[i]**2). Nothing inside a conditional
+        (`_guarded`) moves."""
+        if len(blocks) < 2:
+            return expr
+        inner = len(blocks) - 1
+        chain = [id(b) for b, _ in blocks]
+        bounds = [bound for _, bound in blocks]
+
+        def depth(e):
+            if any(str(ix.base.label) in protect for ix in e.atoms(sp.Indexed)):
+                return inner
+            free = self.free_idx(e)
+            return next(d for d, b in enumerate(bounds) if free <= b)
+
+        def worth(e, index=False):
+            """Worth a line of its own: a read, or arithmetic beyond a sign or a cast (in an
+            index: only what reads an array, targets[n], not i + 1)."""
+            if isinstance(e, sp.Indexed):
+                return True
+            if e.is_Atom or isinstance(e, sp.IndexedBase):
+                return False
+            if index:
+                return bool(e.atoms(sp.Indexed))
+            if isinstance(e, sp.Mul) and len(e.args) == 2 and e.args[0].is_Number and \
+                    e.args[1].is_Atom and not isinstance(e.args[1], sp.Indexed):
+                return False
+            return True
+
+        def lift(e, d, index):
+            """e (depth d < the loop it sits in) as a local of block d."""
+            key = (sp.srepr(e), chain[d])
+            if key in self.hoisted:
+                return self.hoisted[key]
+            e2 = visit(e, d, index)
+            if isinstance(e, sp.Indexed) and all(isinstance(i, sp.Symbol) for i in e.indices):
+                stem = "_".join([self.names.get(str(e.base.label), str(e.base.label))] +
+                                [self.names.get(i, str(i)) for i in e.indices])
+            else:
+                stem = "t"
+            sym = sp.Symbol(f"_h{next(self.fresh)}", integer=True) if index else \
+                sp.Symbol(f"_h{next(self.fresh)}", real=True)
+            self.names[sym] = self.ident(stem)
+            self.sym_free[sym] = self.free_idx(e)
+            text = print_index(e2, self.names) if index else self.value(e2)
+            blocks[d][0].pre.append(f"{self.names[sym]} = {text}")
+            self.hoisted[key] = sym
+            return sym
+
+        def visit(e, d, index=False):
+            if (e.is_Atom and not isinstance(e, sp.Indexed)) or isinstance(e, sp.IndexedBase):
+                return e
+            de = depth(e)
+            if de < d and worth(e, index):
+                if isinstance(e, sp.Mul) and e.args[0].is_Number and len(e.args) == 2:
+                    return e.args[0] * lift(e.args[1], de, index)  # -mean[i]: hoist the read
+                return lift(e, de, index)
+            if _guarded(e):
+                return e
+            if isinstance(e, (sp.Add, sp.Mul)):
+                outer = [a for a in e.args if depth(a) < d and not a.is_Number]
+                if len(outer) > 1:  # the invariant factors (terms) together: one local
+                    part = e.func(*outer)
+                    rest = [visit(a, d, index) for a in e.args if not any(a is o for o in outer)]
+                    return e.func(visit(part, d, index), *rest)
+            if isinstance(e, sp.Indexed):
+                idx = [visit(i, d, True) for i in e.indices]
+                return e if all(a is b for a, b in zip(idx, e.indices)) else e.base[tuple(idx)]
+            sub_index = index or isinstance(e, (sp.KroneckerDelta, sp.core.relational.Relational))
+            args = [visit(a, d, sub_index) for a in e.args]
+            return e if all(a is b for a, b in zip(args, e.args)) else e.func(*args)
+
+        return visit(expr, inner)
+
+    def place(self, expr, blocks, cache, protect=frozenset()):
         """Hoist each reduction of expr to the shallowest block where its free indices are bound;
         returns expr with reductions replaced by their accumulators."""
         sub = {}
@@ -226,10 +534,11 @@ class KernelWriter:
             if hit is not None and hit[1] in chain:
                 sub[r] = hit[0]
                 continue
-            free = {s for s in r.free_symbols if s in self.index_vars}
+            free = self.free_idx(r)
             depth = next(d for d, (_, bound) in enumerate(blocks) if free <= bound)
             acc = sp.Symbol(f"_acc{next(self.fresh)}")
             self.names[acc] = self.ident(_stem(r))
+            self.sym_free[acc] = free
             blk, bound = blocks[depth]
             code = []
             lines = Block()
@@ -243,23 +552,97 @@ class KernelWriter:
                 bound = bound | {v}
                 inner_blocks = inner_blocks + [(nb, bound)]
                 cur = nb
-            body = self.place(red_body(r), inner_blocks, cache)
+            body = self.place(red_body(r), inner_blocks, cache, protect)
             name = self.names[acc]
             if isinstance(r, MaxOver):
                 code.append(f"{name} = F(-np.inf)")
-                self.assign(cur, "_m", "=", body)
-                cur.rest[-1] = cur.rest[-1].replace("_m = ", f"{name} = max({name}, ", 1) + ")"
+                self.assign(inner_blocks, "_m", "=", body, protect)
+                cur.rest[-1] = cur.rest[-1].replace("_m = ", f"{name} = maximum({name}, ", 1) + ")"
+                self.helpers.add("maximum")
             else:
                 code.append(f"{name} = F(0)")
-                self.assign(cur, name, "+=", body)
+                self.assign(inner_blocks, name, "+=", body, protect)
             blk.pre.extend(code + lines.rest)
             cache[key] = (acc, id(blk))
             sub[r] = acc
         return expr.xreplace(sub) if sub else expr
+
+    # --- threads -----------------------------------------------------------------------------
+    def parallelize(self, group, own):
+        """Print the outermost loop of group as prange, behind a size test, when its
+        iterations are independent: its index leads every element the group writes (so each
+        iteration writes its own), every read of an array the group writes is at that same
+        index (so no iteration reads another's), and no statement writes a scalar or
+        scatters into rows given by data (embedding's ids[n]). Loops of BLAS calls stay serial:
+        prange over multi-head attention's per-(b, h) GEMMs with a one-thread MKL gained 3-7%,
+        within the noise, and nests two thread pools when the BLAS has threads of its own."""
+        if self.parallel_min is None or not group or not group[0].order:
+            return
+        if len(group) == 1 and not group[0].expr.has(sp.Sum, MaxOver) and \
+                not _costly_calls(group[0].expr):
+            # one pass of plain arithmetic (a bias add, a copy, a scale after a GEMM): bound by
+            # memory, it gained nothing from a second thread (linear's bias add beside its GEMM:
+            # 1.03x slower), and each prange loop adds about 1.5 s to the first compile
+            return
+        v = group[0].order[0][0]
+        targets = {st.target for st in group}
+        for st in group:
+            if not st.order or st.order[0][0] != v or not st.write or sp.sympify(st.write[0]) != v:
+                return
+            if any(not isinstance(sp.sympify(i), sp.Symbol) for i in st.write):
+                return
+            for ix in st.expr.atoms(sp.Indexed):
+                if str(ix.base.label) in targets and (not ix.indices or ix.indices[0] != v):
+                    return
+        head = f"for {self.names[v]} in "
+        at = next((n for n, item in enumerate(own.rest) if isinstance(item, str)
+                   and item.startswith(head)), None)
+        if at is None or not isinstance(own.rest[at + 1], Block):
+            return
+        loop, body = own.rest[at], own.rest[at + 1]
+        work = print_index(self.work(group), self.names)
+        par, ser = Block(), Block()
+        par.rest += [loop.replace(" in range(", " in prange(", 1), body]
+        ser.rest += [loop, body]
+        own.rest[at:at + 2] = [
+            f"if {work} >= PARALLEL_MIN and pool_threads() > 1:  # rows in parallel",
+            par, "else:  # the same loop, serial: too small a call to wake the threads for", ser]
+        self.parallel = True
+        self.helpers.add("pool_threads")
+
+    def work(self, group):
+        """The work of group's loops in element visits, roughly: each loop nest and each
+        reduction counts its iterations (an extent product; a range that depends on an outer
+        index, its largest), times 1 + 4 for each exp, log, tanh, erf... it calls per element
+        (measured: an exp costs about what 4 plain passes over a row do)."""
+        def ext(v):
+            e = self.extents.get(v)
+            return sp.Integer(1) if e is None else sp.sympify(e)
+
+        def largest(e):  # a range that depends on an outer index: at most its whole extent
+            return e.xreplace({s: ext(s) - 1 for s in e.free_symbols if s in self.extents})
+
+        calls = _costly_calls
+
+        total = sp.Integer(0)
+        for st in group:
+            loops = [v for v, _, _ in st.order]
+            total += sp.Mul(*[ext(v) for v in loops]) * (1 + 4 * calls(st.expr))
+            for r in st.expr.atoms(sp.Sum, MaxOver):
+                outer = [v for v in loops if v in self.free_idx(r)]
+                lims = [largest(sp.sympify(hi) - lo + 1) for _, lo, hi in red_limits(r)]
+                total += sp.Mul(*[ext(v) for v in outer], *lims) * (1 + 4 * calls(red_body(r)))
+        # a term whose extents divide another's is no larger than it (extents are at least 1):
+        # softmax's 2*N for its row values beside 8*N*n
+        terms = sp.Add.make_args(sp.expand(total))
+        mono = [t.as_coeff_Mul()[1] for t in terms]
+        keep = [t for t, m in zip(terms, mono)
+                if not any(o != m and sp.fraction(sp.cancel(o / m))[1] == 1 for o in mono)]
+        return sp.Add(*keep)
 
 
 def _t(m):
     return m[:-2] if m.endswith(".T") else f"{m}.T"
 
 
-__all__ = ["KernelWriter", "Block"]
+__all__ = ["KernelWriter", "Block", "HELPERS", "helper_imports", "helper_source"]

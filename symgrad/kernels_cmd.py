@@ -3,7 +3,8 @@
 `kernels` prints where a layer's generated kernel module lives (building it if needed) and, with
 `--show`, its source. `bench kernels` times forward+backward of the compiled kernels against
 PyTorch eager at the GPT reference shapes (B=12, T=64, C=128, 4 heads, vocab 65), 2 threads
-each, in interleaved alternating rounds (these machines switch between a fast and a slow
+each (the kernels' prange loops, the BLAS under them, PyTorch's intra-op pool), in interleaved
+alternating rounds (these machines switch between a fast and a slow
 2-thread regime for minutes at a time, so only a ratio measured within one round means
 anything); it reports the median of the per-round ratios and their spread.
 """
@@ -44,9 +45,10 @@ def kernels_main(argv) -> int:
 # --- benchmark ------------------------------------------------------------------------------
 
 def _limit_threads(threads=THREADS):
-    """Both sides get `threads` threads: Numba, and the BLAS under Numba's np.dot (SciPy's
-    OpenBLAS reads OPENBLAS_NUM_THREADS when it loads, so this runs before any import of it)."""
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
+    """Both sides get `threads` threads: Numba's prange loops, and the BLAS under Numba's np.dot
+    (SciPy's OpenBLAS reads OPENBLAS_NUM_THREADS when it loads, so this runs before any import
+    of it). Numba's pool is limited with numba.set_num_threads, not NUMBA_NUM_THREADS: once a
+    kernel has started the pool, a changed NUMBA_NUM_THREADS makes Numba refuse to compile."""
     for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(v, str(threads))
     try:
@@ -55,7 +57,7 @@ def _limit_threads(threads=THREADS):
     except ImportError:
         pass
     import compiled  # OpenBLAS may be loaded already (derive imports SciPy): set it directly
-    compiled.set_blas_threads(threads)
+    compiled.set_threads(threads)  # Numba's pool (numba.set_num_threads), OpenBLAS, MKL
 
 
 def _cases(B=12, T=64, C=128, H=4, V=65):
@@ -219,8 +221,18 @@ def bench(rounds=7, target_s=0.05, only=None, threads=THREADS):
                         "speedup": round(statistics.median(ratios), 3),
                         "speedup_min": round(min(ratios), 3), "speedup_max": round(max(ratios), 3),
                         "speedup_iqr": [round(q[0], 3), round(q[2], 3)], "rounds": rounds,
-                        "iterations_per_round": n, "threads": threads})
+                        "iterations_per_round": n, "threads": threads,
+                        "threading_layer": _threading_layer()})
     return results
+
+
+def _threading_layer():
+    """The Numba threading layer the kernels' prange loops ran on ("-" if none ran)."""
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel was called
+        return "-"
 
 
 def bench_main(argv) -> int:
@@ -247,7 +259,8 @@ def bench_main(argv) -> int:
         print(json.dumps(res, indent=2))
         return 0
     print(f"{'kernel':22s} {'symgrad ms':>11s} {'torch ms':>9s} {'speedup':>8s}  spread (min..max over "
-          f"{a.rounds} interleaved rounds, {a.threads} thread{'s' if a.threads > 1 else ''} each)")
+          f"{a.rounds} interleaved rounds, {a.threads} thread{'s' if a.threads > 1 else ''} each; "
+          f"Numba threading layer {_threading_layer()})")
     for r in res:
         print(f"{r['kernel']:22s} {r['symgrad_ms']:11.3f} {r['torch_ms']:9.3f} {r['speedup']:7.2f}x  "
               f"{r['speedup_min']:.2f}..{r['speedup_max']:.2f}")

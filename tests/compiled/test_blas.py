@@ -1,0 +1,87 @@
+"""compiled.blas: gemm and gemm_acc agree with numpy for every transpose of a and b, through MKL
+when it is installed and through the np.dot fallback."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from compiled import blas
+
+DTYPES = [np.float32, np.float64]
+TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def operands(dtype, ta, tb, m=7, k=5, n=3, seed=0):
+    """a (m, k) and b (k, n), each a C array or the transposed view of one (`x.T`)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    return (a.T if ta else a), (b.T if tb else b)
+
+
+def close(got, want, dtype):
+    np.testing.assert_allclose(got, want, rtol=TOL[dtype], atol=TOL[dtype] * np.abs(want).max())
+
+
+@pytest.mark.parametrize("ta,tb", TRANSPOSES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gemm", [blas.gemm, blas.dot_gemm], ids=["gemm", "np.dot fallback"])
+def test_gemm_matches_numpy_for_every_transpose(gemm, dtype, ta, tb):
+    a, b = operands(dtype, ta, tb)
+    out = np.full((7, 3), np.nan, dtype)
+    gemm(a, b, out)
+    close(out, a.astype(np.float64) @ b, dtype)
+
+
+@pytest.mark.parametrize("ta,tb", TRANSPOSES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gemm_acc", [blas.gemm_acc, blas.dot_gemm_acc],
+                         ids=["gemm_acc", "np.dot fallback"])
+def test_gemm_acc_adds_the_product_to_out(gemm_acc, dtype, ta, tb):
+    a, b = operands(dtype, ta, tb)
+    start = np.random.default_rng(1).standard_normal((7, 3)).astype(dtype)
+    out = start.copy()
+    gemm_acc(a, b, out)
+    close(out, start + a.astype(np.float64) @ b, dtype)
+
+
+@pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaPerformanceWarning")  # np.dot's copy
+def test_gemm_takes_row_slices_strided_views_and_batch_slices():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 6, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 4)).astype(np.float32)
+    out = np.empty((6, 4), np.float32)
+    blas.gemm(x[1], w, out)  # a batch element
+    close(out, x[1] @ w, np.float32)
+    wide = rng.standard_normal((8, 10)).astype(np.float32)
+    blas.gemm(x[0], wide[:, 2:6], out)  # rows padded: leading dimension 10
+    close(out, x[0] @ wide[:, 2:6], np.float32)
+    blas.gemm(x[0][:, ::2], w[::2], out)  # no unit stride: np.dot
+    close(out, x[0][:, ::2] @ w[::2], np.float32)
+
+
+def test_gemm_rejects_mismatched_shapes():
+    with pytest.raises(ValueError):
+        blas.gemm(np.ones((4, 5)), np.ones((4, 2)), np.empty((4, 2)))
+
+
+def test_backend_and_thread_setter_agree():
+    assert blas.backend() in ("mkl", "openblas")
+    assert blas.set_threads(1) == (blas.backend() == "mkl")
+    assert blas.CACHE_TAG.startswith(blas.backend())
+
+
+def test_symgrad_blas_openblas_selects_the_np_dot_fallback():
+    code = ("import numpy as np; from compiled import blas; a = np.arange(6.).reshape(2, 3); "
+            "o = np.empty((2, 2)); blas.gemm(a, a.T, o); assert np.allclose(o, a @ a.T), o; "
+            "print(blas.backend())")
+    env = dict(os.environ, SYMGRAD_BLAS="openblas")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "openblas"
