@@ -42,30 +42,44 @@ def use(n: int):
 
 
 class ThreadTuner:
-    """Picks a thread count in 1..most for each call and learns from the time it took."""
+    """Picks a thread count in 1..most for each call and learns from the time it took: the
+    first call at each count is a warm-up (kernels load) and not counted; the estimate of a
+    count is the median of its last `window` calls."""
 
-    def __init__(self, explore: int = 64, weight: float = 0.3):
-        self.explore, self.weight = explore, weight
-        self.time = {}  # count -> moving average of seconds per call
+    def __init__(self, explore: int = 32, window: int = 3):
+        self.explore, self.window = explore, window
+        self.samples: dict[int, list] = {}  # count -> seconds of its last calls
+        self.warm: set = set()
         self.calls = 0
         self.n = most()
 
+    @property
+    def time(self) -> dict:
+        """count -> estimated seconds per call."""
+        return {n: sorted(s)[len(s) // 2] for n, s in self.samples.items() if s}
+
     def choose(self) -> int:
         self.calls += 1
-        untried = [n for n in self.candidates() if n not in self.time]
-        if untried:
-            self.n = untried[0]
+        cands = self.candidates()
+        short = [n for n in cands if len(self.samples.get(n, ())) < self.window]
+        if short:  # measure every count a few times first, alternating
+            self.n = min(short, key=lambda n: (len(self.samples.get(n, ())), cands.index(n)))
         else:
-            best = min(self.time, key=self.time.get)
-            others = [n for n in self.candidates() if n != best]
+            est = self.time
+            best = min(cands, key=lambda n: est[n])
+            others = [n for n in cands if n != best]
             self.n = others[(self.calls // self.explore) % len(others)] \
                 if others and self.calls % self.explore == 0 else best
         use(self.n)
         return self.n
 
     def record(self, seconds: float):
-        old = self.time.get(self.n)
-        self.time[self.n] = seconds if old is None else (1 - self.weight) * old + self.weight * seconds
+        if self.n not in self.warm:
+            self.warm.add(self.n)
+            return
+        s = self.samples.setdefault(self.n, [])
+        s.append(seconds)
+        del s[:-self.window]
 
     def candidates(self):
         m = most()

@@ -67,28 +67,18 @@ class TorchGPT(nn.Module):
 
 
 def name_map(n_layer):
-    """symgrad parameter name -> (torch parameter name, columns): the attention's q, k, v
-    projections (C, H, D) and biases (H, D) are column blocks 0, 1, 2 of torch's c_attn; every
-    other parameter maps whole (columns None)."""
-    m = {"wte.table": ("wte.weight", None), "wpe.table": ("wpe.weight", None),
-         "ln_f.gamma": ("ln_f.weight", None), "ln_f.beta": ("ln_f.bias", None),
-         "lm_head.W": ("lm_head.W", None), "lm_head.b": ("lm_head.b", None)}
+    """symgrad parameter name -> torch parameter name."""
+    m = {"wte.table": "wte.weight", "wpe.table": "wpe.weight", "ln_f.gamma": "ln_f.weight",
+         "ln_f.beta": "ln_f.bias", "lm_head.W": "lm_head.W", "lm_head.b": "lm_head.b"}
     for i in range(n_layer):
-        s = t = f"blocks.{i}."
-        m.update({s + "ln_1.gamma": (t + "ln_1.weight", None), s + "ln_1.beta": (t + "ln_1.bias", None),
-                  s + "ln_2.gamma": (t + "ln_2.weight", None), s + "ln_2.beta": (t + "ln_2.bias", None),
-                  s + "attn.Wo": (t + "attn_proj.W", None), s + "attn.bo": (t + "attn_proj.b", None),
-                  s + "mlp.c_fc.W": (t + "c_fc.W", None), s + "mlp.c_fc.b": (t + "c_fc.b", None),
-                  s + "mlp.c_proj.W": (t + "mlp_proj.W", None), s + "mlp.c_proj.b": (t + "mlp_proj.b", None)})
-        for j, w in enumerate("qkv"):
-            m[s + f"attn.W{w}"] = (t + "c_attn.W", j)
-            m[s + f"attn.b{w}"] = (t + "c_attn.b", j)
+        s, t = f"blocks.{i}.", f"blocks.{i}."
+        m.update({s + "ln_1.gamma": t + "ln_1.weight", s + "ln_1.beta": t + "ln_1.bias",
+                  s + "ln_2.gamma": t + "ln_2.weight", s + "ln_2.beta": t + "ln_2.bias",
+                  s + "attn.c_attn.W": t + "c_attn.W", s + "attn.c_attn.b": t + "c_attn.b",
+                  s + "attn.c_proj.W": t + "attn_proj.W", s + "attn.c_proj.b": t + "attn_proj.b",
+                  s + "mlp.c_fc.W": t + "c_fc.W", s + "mlp.c_fc.b": t + "c_fc.b",
+                  s + "mlp.c_proj.W": t + "mlp_proj.W", s + "mlp.c_proj.b": t + "mlp_proj.b"})
     return m
-
-
-def _block(a, j, C):
-    """Column block j (of width C) of torch's c_attn weight (C, 3C) or bias (3C,)."""
-    return a[..., j * C:(j + 1) * C]
 
 
 def from_symgrad(model) -> TorchGPT:
@@ -99,26 +89,15 @@ def from_symgrad(model) -> TorchGPT:
     params = dict(tm.named_parameters())
     with torch.no_grad():
         for n, p in model.named_parameters():
-            tname, j = names[n]
-            src = torch.from_numpy(np.array(p.data))
-            if j is None:
-                params[tname].copy_(src.reshape(params[tname].shape))
-            else:
-                _block(params[tname], j, cfg.n_embd).copy_(src.reshape(-1, cfg.n_embd).squeeze(0))
+            params[names[n]].copy_(torch.from_numpy(np.array(p.data)))
     return tm
 
 
 def torch_grads(model, tm) -> dict:
-    """torch's gradients keyed by symgrad parameter names, in symgrad's shapes."""
-    cfg = model.config
-    names = name_map(cfg.n_layer)
+    """torch's gradients keyed by symgrad parameter names."""
+    names = name_map(model.config.n_layer)
     params = dict(tm.named_parameters())
-    out = {}
-    for n, p in model.named_parameters():
-        tname, j = names[n]
-        g = params[tname].grad.detach().numpy()
-        out[n] = (g if j is None else _block(g, j, cfg.n_embd)).reshape(p.shape)
-    return out
+    return {n: params[names[n]].grad.detach().numpy() for n, _ in model.named_parameters()}
 
 
 # --- the PyTorch peers of `symgrad bench train --peer` ----------------------------------------
