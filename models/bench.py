@@ -39,6 +39,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+import compiled  # noqa: F401  (before torch: MKL's OpenMP threads must start first, compiled/blas.py)
+
 PEERS = ("eager", "fused", "compile")
 BATCH = 12
 PEAK_SHAPE = (768, 512, 512)  # M, K, N of the sgemm the MFU peak is measured on
