@@ -201,20 +201,27 @@ class Plan:
         nm = self.value_slot[id(v)]
         return nm + "[0]" if v.shape == () else nm
 
+    def _call_args(self, node, spec, out, tensor) -> list[str]:
+        """The argument expressions of a kernel call, in the kernel's order: dims and constants
+        from the node, `out(p)` for an output, `tensor(p)` for every other argument."""
+        args = []
+        for p in spec.params:
+            if p.kind == "dim":
+                args.append(str(node.dims[p.name]))
+            elif p.kind == "const":
+                args.append(self._literal(node.args.get(p.name, p.default)))
+            elif p.kind == "out":
+                args.append(self._shaped(out(p), p, node))
+            else:
+                args.append(tensor(p))
+        return args
+
     # --- forward -----------------------------------------------------------------------------
     def _forward_calls(self):
         for node in self.graph.nodes:
             spec = self.kernels[id(node)].forward_spec
-            args = []
-            for p in spec.params:
-                if p.kind == "dim":
-                    args.append(str(node.dims[p.name]))
-                elif p.kind == "const":
-                    args.append(self._literal(node.args.get(p.name, p.default)))
-                elif p.kind == "out":
-                    args.append(self._shaped(self.value_slot[id(node.outs[p.name])], p, node))
-                else:
-                    args.append(self._arg(node.args[p.name]))
+            args = self._call_args(node, spec, lambda p: self.value_slot[id(node.outs[p.name])],
+                                   lambda p: self._arg(node.args[p.name]))
             rets = [self.value_slot[id(node.outs[r])] for r in spec.returns]
             self.forward.append(("call", node, self._fn(node, "forward"), args, rets))
 
@@ -352,21 +359,12 @@ class Plan:
                 post.append(("add", grad_of(v), scratch, node))
                 post.append(("free", scratch))
             if called:
-                args = []
-                for p in spec.params:
-                    if p.kind == "dim":
-                        args.append(str(node.dims[p.name]))
-                    elif p.kind == "const":
-                        args.append(self._literal(node.args.get(p.name, p.default)))
-                    elif p.kind == "out":
-                        args.append(self._shaped(outs[p.name[1:]], p, node))
-                    elif p.name in ups:
+                def tensor(p):
+                    if p.name in ups:
                         u = ups[p.name]
-                        args.append(u + "[0]" if p.kind == "scalar" and u in self.slots else u)
-                    elif p.name in node.outs:
-                        args.append(self._arg(node.outs[p.name]))
-                    else:
-                        args.append(self._arg(node.args[p.name]))
+                        return u + "[0]" if p.kind == "scalar" and u in self.slots else u
+                    return self._arg(node.outs[p.name] if p.name in node.outs else node.args[p.name])
+                args = self._call_args(node, spec, lambda p: outs[p.name[1:]], tensor)
                 rets = [outs[r[1:]] for r in spec.returns]
                 self.backward.append(("call", node, self._fn(node, "backward"), args, rets))
             for st in post:
