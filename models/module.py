@@ -1,9 +1,9 @@
 """Parameters and modules: NumPy arrays with their gradients, in a tree of modules.
 
 Conventions follow PyTorch where they fit: `parameters()`, `named_parameters()`, `zero_grad()`,
-`train()`/`eval()`, `state_dict()`/`load_state_dict()`. A module's `forward` keeps what its
-`backward` needs (only in training mode); `backward(g)` takes the upstream gradient, adds the
-parameter gradients into `Param.grad` and returns the gradient of the module's input.
+`train()`/`eval()`, `state_dict()`/`load_state_dict()`. Every model is a `GraphModel`: declared
+as a graph of derived layers, run through its planned, printed step; `backward()` (no
+arguments) writes the gradients of the last forward's loss into every `Param.grad`.
 """
 
 from __future__ import annotations

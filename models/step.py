@@ -1,8 +1,8 @@
 """Printing a planned model step into a real `.py` file in the kernel cache, and running it.
 
-The file holds one function per model configuration, `<model>_step(params, grads, acts, work)`,
-which makes every view of the four flat buffers (parameters, their gradients, activations,
-backward work space) once, named after the model's layers, and returns `forward` and
+The file holds one function per model configuration, `<model>_step(params, grads, acts, work,
+<inputs>)`, which makes every view of the four flat buffers (parameters, their gradients,
+activations, backward work space) and of the inputs' own buffers once, named after the model's layers, and returns `forward` and
 `backward`: each a straight sequence of calls to the layers' printed `@njit` kernels, like
 llm.c's `gpt2_forward` / `gpt2_backward`. Between two kernel calls nothing runs but the call
 itself: no argument checks, no allocation, no reshaping (all done once, here).
