@@ -86,7 +86,8 @@ class Node:
         return self.derivation.name
 
 
-def _aligned(n: int) -> int:
+def aligned(n: int) -> int:
+    """n rounded up to a whole number of ALIGN elements."""
     return -(-n // ALIGN) * ALIGN
 
 
@@ -111,11 +112,7 @@ class ParamStore:
             return
         if self.flat is not None:
             raise GraphError(f"parameter '{name}' declared after the parameter buffer was allocated")
-        offset = 0
-        if self.spec:
-            last, (o, s) = next(reversed(self.spec.items()))
-            offset = o + _aligned(int(np.prod(s, dtype=np.int64)))
-        self.spec[name] = (offset, shape)
+        self.spec[name] = (self._end(), shape)
         if callable(init):
             init = init(shape)
         self._init[name] = np.zeros(shape, self.dtype) if init is None else np.asarray(init, self.dtype)
@@ -124,10 +121,7 @@ class ParamStore:
         """Allocate the flat buffers once (after the first graph declared every parameter)."""
         if self.flat is not None:
             return
-        total = 0
-        if self.spec:
-            o, s = next(reversed(self.spec.values()))
-            total = o + _aligned(int(np.prod(s, dtype=np.int64)))
+        total = self._end()
         self.flat = np.zeros(total, self.dtype)
         self.grad = np.zeros(total, self.dtype)
         for name, init in self._init.items():
@@ -139,9 +133,12 @@ class ParamStore:
         buf = self.flat if buf is None else buf
         return buf[o:o + int(np.prod(s, dtype=np.int64))].reshape(s)
 
-    def span(self, name) -> tuple[int, int]:
-        o, s = self.spec[name]
-        return o, o + int(np.prod(s, dtype=np.int64))
+    def _end(self) -> int:
+        """The aligned offset after the last parameter declared."""
+        if not self.spec:
+            return 0
+        o, s = next(reversed(self.spec.values()))
+        return o + aligned(int(np.prod(s, dtype=np.int64)))
 
 
 class ModelGraph:

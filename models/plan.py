@@ -26,7 +26,9 @@ import sympy as sp
 
 import compiled
 
-from .graph import ALIGN, GraphError, Node, Value
+from compiled.build import ident as kernel_ident
+
+from .graph import GraphError, Node, Value, aligned
 
 _KERNELS: dict = {}  # (id(derivation), dtype) -> (derivation, Kernels)
 
@@ -84,7 +86,7 @@ class Arena:
         self.free: dict[int, list[int]] = {}
 
     def take(self, size) -> int:
-        size = -(-size // ALIGN) * ALIGN
+        size = aligned(size)
         if self.free.get(size):
             return self.free[size].pop()
         o = self.size
@@ -92,12 +94,17 @@ class Arena:
         return o
 
     def give(self, offset, size):
-        self.free.setdefault(-(-size // ALIGN) * ALIGN, []).append(offset)
+        self.free.setdefault(aligned(size), []).append(offset)
+
+
+# names the printed step module itself uses (models/step.py), besides the kernels' reserved ones
+STEP_NAMES = {"params", "grads", "acts", "work", "r", "forward", "backward", "sibling_module", "KERNELS"}
 
 
 def ident(name: str) -> str:
-    s = "".join(c if c.isalnum() else "_" for c in name)
-    return s if s and not s[0].isdigit() else "_" + s
+    """A Python identifier for a value, node or model name in the printed step."""
+    s = kernel_ident(name)
+    return s + "_" if s in STEP_NAMES else s
 
 
 class Plan:
