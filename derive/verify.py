@@ -28,8 +28,9 @@ The verdicts:
 - `wrong`: some case disagrees: the report carries the smallest counterexample found (shapes
   shrunk, simple input values tried first), the offending element, both values, and for a SymPy
   candidate `derived - candidate` tidied, which is the missing term;
-- `error`: the candidate could not be checked (it raised, returned the wrong shape, a NaN or an
-  inf, has a signature that does not fit the layer, reads unknown names) or the options are bad.
+- `error`: the candidate could not be checked (it raised, called `sys.exit`, did not return
+  within `timeout` seconds, returned the wrong shape, a NaN or an inf, has a signature that does
+  not fit the layer, reads unknown names) or the options are bad.
 
 The numbers, every case in float64: the candidate is compared with the derived vector-Jacobian
 product evaluated by `derive.reference` (exact up to rounding, so the comparison is tight:
@@ -47,7 +48,10 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import signal
+import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -244,6 +248,37 @@ class _Case:
 
 class _CandidateFailed(Exception):
     """The candidate raised or returned something unusable (-> verdict error)."""
+
+
+class _CandidateTimedOut(_CandidateFailed):
+    """The candidate did not return within the per-call limit (ends the search for a smaller
+    counterexample too: each further call could take as long)."""
+
+
+class _Alarm(BaseException):
+    """Raised inside the candidate by SIGALRM; a BaseException so that a candidate's own
+    `except Exception` cannot swallow it."""
+
+
+@contextmanager
+def _call_limit(seconds):
+    """Interrupt the code inside after `seconds` (SIGALRM, main thread only; elsewhere, and
+    for code stuck in C without returning to Python, there is no limit)."""
+    if not seconds or threading.current_thread() is not threading.main_thread() \
+            or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise _Alarm()
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 class _Instance:
@@ -444,8 +479,8 @@ class _SympyCandidate:
 class _FunctionCandidate:
     kind = "function"
 
-    def __init__(self, fn, d: Derivation, wrt: str):
-        self.fn, self.d, self.wrt = fn, d, wrt
+    def __init__(self, fn, d: Derivation, wrt: str, timeout: float | None = None):
+        self.fn, self.d, self.wrt, self.timeout = fn, d, wrt, timeout
         self.names = self._check_signature()
 
     def describe(self):
@@ -485,12 +520,20 @@ class _FunctionCandidate:
     def __call__(self, inst: _Instance, args, upstream, vals):
         kw = {k: _copy(v) for k, v in {**upstream, **inst.values(args)}.items() if k in self.names}
         try:
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), _call_limit(self.timeout):
                 out = self.fn(**kw)
-        except Exception as e:  # noqa: BLE001 - any failure of user code is reported, not raised
+        except _Alarm:
+            raise _CandidateTimedOut(f"the candidate did not return within {self.timeout:g} s "
+                                     f"(the time limit per call)") from None
+        except KeyboardInterrupt:  # Ctrl-C stops verify itself (exit 130, never a verdict)
+            raise
+        except BaseException as e:  # noqa: BLE001 - any failure of user code is reported, not
+            # raised; SystemExit too: sys.exit(0) inside a candidate must not end verify with 0
             tb = traceback.extract_tb(e.__traceback__)
             where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
-            raise _CandidateFailed(f"the candidate raised {type(e).__name__}: {e}{where}") from None
+            what = (f"called sys.exit({e.code!r}) instead of returning" if isinstance(e, SystemExit)
+                    else f"raised {type(e).__name__}: {e}")
+            raise _CandidateFailed(f"the candidate {what}{where}") from None
         if out is None:
             raise _CandidateFailed("the candidate returned None (a missing `return`?)")
         try:
@@ -589,7 +632,8 @@ def _check_wrt(d, wrt):
 
 def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5,
            rtol: float = 1e-3, trials: int = 4, seed: int = 0, dtype="float64", shapes=None,
-           indices=None, vjp_rtol: float = 1e-7, symbolic_timeout: float = 10.0) -> VerifyReport:
+           indices=None, vjp_rtol: float = 1e-7, symbolic_timeout: float = 10.0,
+           timeout: float = 60.0) -> VerifyReport:
     """Check `candidate`, a hand-derived gradient of layer `target` by its argument `wrt`.
 
     target: a built-in layer name or a Derivation (also from `derive.define`).
@@ -602,10 +646,11 @@ def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5
     shapes: optional list of {dim name: size} to use instead of the generated cases.
     indices: the candidate expression's free indices in axis order, when they are not named
         like `d.grad_indices[wrt]`.
+    timeout: seconds one call of a function candidate may take (verdict error beyond it).
     """
     name = target if isinstance(target, str) else getattr(target, "name", "?")
     settings = {"eps": eps, "atol": atol, "rtol": rtol, "vjp_rtol": vjp_rtol, "trials": trials,
-                "seed": seed, "dtype": str(dtype)}
+                "seed": seed, "dtype": str(dtype), "timeout": timeout}
 
     def error(msg, kind="", cand=""):
         return VerifyReport(name, wrt, "error", msg, kind, cand, settings=settings)
@@ -624,6 +669,8 @@ def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5
                          f"{opt}={val!r} must be a finite number >= 0")
     if not isinstance(trials, int) or trials < 0:
         return error(f"trials={trials!r} must be an integer >= 0")
+    if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
+        return error(f"timeout={timeout!r} must be a finite number of seconds > 0")
     try:
         d = _resolve(target)
         name = d.name
@@ -638,7 +685,7 @@ def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5
         elif callable(candidate):
             if indices is not None:
                 return error("indices= applies to SymPy candidates only")
-            cand = _FunctionCandidate(candidate, d, wrt)
+            cand = _FunctionCandidate(candidate, d, wrt, timeout)
         else:
             return error(f"a candidate must be a SymPy expression or a function "
                          f"candidate(g, **inputs), got {type(candidate).__name__}")
@@ -751,24 +798,27 @@ def _shrink(d, wrt, cand, failing: _Case, int_ranges, vjp_rtol) -> Counterexampl
     configs = sorted(itertools.product(*options), key=lambda c: (math.prod(c), sum(c)))
     budget = SHRINK_BUDGET
     kinds = ["simple"] if failing.kind == "normal" else ["simple", failing.kind]
-    for cfg in configs:
-        dims = dict(zip(syms, cfg))
-        try:
-            inst = _Instance(d, dims, wrt)
-        except (DeriveError, ValueError, TypeError):
-            continue
-        for kind in kinds:
-            for s in range(2):
-                if budget <= 0:
-                    break
-                budget -= 1
-                case = _Case(failing.label if kind == failing.kind else "simple values",
-                             dims, kind, failing.seed * 7 + 13 * s + 1)
-                ce = _try(inst, cand, case, int_ranges, vjp_rtol, wrt)
-                if ce is not None:
-                    return ce
-    inst = _Instance(d, failing.dims, wrt)
-    return _try(inst, cand, failing, int_ranges, vjp_rtol, wrt)
+    try:
+        for cfg in configs:
+            dims = dict(zip(syms, cfg))
+            try:
+                inst = _Instance(d, dims, wrt)
+            except (DeriveError, ValueError, TypeError):
+                continue
+            for kind in kinds:
+                for s in range(2):
+                    if budget <= 0:
+                        break
+                    budget -= 1
+                    case = _Case(failing.label if kind == failing.kind else "simple values",
+                                 dims, kind, failing.seed * 7 + 13 * s + 1)
+                    ce = _try(inst, cand, case, int_ranges, vjp_rtol, wrt)
+                    if ce is not None:
+                        return ce
+        inst = _Instance(d, failing.dims, wrt)
+        return _try(inst, cand, failing, int_ranges, vjp_rtol, wrt)
+    except _CandidateTimedOut:  # the verdict stands; each further call could take as long
+        return None
 
 
 def _try(inst, cand, case, int_ranges, vjp_rtol, wrt):
@@ -777,6 +827,8 @@ def _try(inst, cand, case, int_ranges, vjp_rtol, wrt):
         vals = inst.forward(args)
         expected = inst.expr_value(inst.d.grads[wrt], dict(vals, **upstream))
         got = cand(inst, args, upstream, vals)
+    except _CandidateTimedOut:
+        raise
     except (_CandidateFailed, DeriveError):
         return None
     if not (np.all(np.isfinite(expected)) and np.all(np.isfinite(got))):

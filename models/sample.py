@@ -7,6 +7,16 @@ import numpy as np
 import compiled
 
 
+class SampleError(ValueError):
+    """The model cannot be sampled: its next-token logits are not finite (a diverged run)."""
+
+
+def default_prompt(vocab) -> str:
+    """A newline when the vocabulary has one (text starts after a line break), else its first
+    character: a text without newlines (one repeated character, say) has no "\n" to start from."""
+    return "\n" if "\n" in vocab.chars else vocab.chars[0]
+
+
 def next_token_probs(logits_row: np.ndarray, temperature: float, top_k: int | None, softmax):
     """Probabilities of the next token from one row of logits (`softmax`: the softmax layer's
     compiled kernels, applied to logits / T)."""
@@ -15,6 +25,9 @@ def next_token_probs(logits_row: np.ndarray, temperature: float, top_k: int | No
         cut = np.partition(z, -top_k)[-top_k]
         z = np.where(z < cut, z.max() - 1e4, z)  # exp underflows to exactly 0; values stay finite
     p = softmax.forward(x=z[None, :].astype(softmax.dtype))["s"][0].astype(np.float64)
+    if not np.isfinite(p).all():
+        raise SampleError("the model's next-token probabilities are not finite (NaN or inf in "
+                          "its logits): the checkpoint is from a diverged run")
     return p / p.sum()
 
 

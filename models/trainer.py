@@ -73,6 +73,7 @@ class Trainer:
         self.task, self.model, self.opt = task, model, optimizer
         self.out_dir = Path(out_dir)
         self.ckpt_path = self.out_dir / "ckpt.npz"
+        checkpoint.check_target(self.ckpt_path)  # before training, not at the first save
         self.eval_interval = eval_interval
         self.state = RunState()
         self.log = log
@@ -85,15 +86,33 @@ class Trainer:
         meta = {"kind": self.task.kind, "config": self.task.config(), "step": self.state.step,
                 "rng": self.task.rng_state(), "history": self.state.history,
                 "val_history": self.state.val_history}
-        checkpoint.save(self.ckpt_path, meta, self.model.state_dict(), self.opt.state_dict(),
-                        self.task.extra_state())
+        try:
+            checkpoint.save(self.ckpt_path, meta, self.model.state_dict(), self.opt.state_dict(),
+                            self.task.extra_state())
+        except checkpoint.NonFiniteError as e:
+            raise TrainingStopped(f"step {self.state.step}: {e}; training stopped "
+                                  f"({self._kept()}); try a lower learning rate") from None
+        except (checkpoint.CheckpointError, OSError) as e:
+            raise TrainingStopped(f"step {self.state.step}: cannot write {self.ckpt_path}: {e}; "
+                                  f"training stopped ({self._kept()})") from None
         self.last_saved_step = self.state.step
 
+    def _kept(self) -> str:
+        if self.last_saved_step is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint (step {self.last_saved_step}) is kept at {self.ckpt_path}"
+
     def restore(self, ck: dict):
+        """Continue the run saved in `ck`; later saves go back to the file it was read from (not
+        to a sibling ckpt.npz, which may be another run's)."""
         meta = ck["meta"]
-        self.model.load_state_dict(ck["params"])
         if ck["opt_state"] is None:
             raise checkpoint.CheckpointError(f"checkpoint {ck['path']} holds no optimizer state")
+        if "rng" not in meta:
+            raise checkpoint.CheckpointError(f"corrupt checkpoint {ck['path']}: its meta has no rng")
+        checkpoint.check_target(ck["path"])
+        self.ckpt_path = Path(ck["path"])
+        self.model.load_state_dict(ck["params"])
         self.opt.load_state_dict(ck["opt_state"])
         self.task.set_rng_state(meta["rng"])
         self.task.set_extra_state(ck["extra"])
@@ -125,10 +144,8 @@ class Trainer:
                 self.model.zero_grad()
                 loss = self.task.train_step()
                 if not math.isfinite(loss):
-                    kept = (f"the last good checkpoint (step {self.last_saved_step}) is kept at {self.ckpt_path}"
-                            if self.last_saved_step is not None else "no checkpoint was written")
                     raise TrainingStopped(f"loss became {loss} at step {self.state.step + 1}; training "
-                                          f"stopped ({kept}); try a lower learning rate")
+                                          f"stopped ({self._kept()}); try a lower learning rate")
                 self.opt.step()
                 self.state.step += 1
                 self.state.history.append([self.state.step, loss])
@@ -140,6 +157,9 @@ class Trainer:
                 if s % self.eval_interval == 0 or s == steps:
                     v = self.evaluate()
                     bar.write(f"step {s:6d}  train loss {loss:.4f}  val loss {v:.4f}")
+                    if not math.isfinite(v):  # the parameters may be finite, the model is not
+                        raise TrainingStopped(f"val loss became {v} at step {s}; training stopped "
+                                              f"({self._kept()}); try a lower learning rate")
                     self.save()
                 if self._interrupted:
                     break

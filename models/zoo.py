@@ -462,12 +462,12 @@ def train_cli(a, UsageError) -> int:
     if rc is not None:
         return rc
     if a.sample_tokens > 0:
-        from .sample import generate
+        from .sample import default_prompt, generate
         model, vocab = task.model, task.data.vocab
 
         def fn(ids):
             return model(np.asarray(ids, dtype=np.int64)[None, -256:])[0][0, -1]
-        ids = generate(model, vocab.encode("\n"), min(a.sample_tokens, 200), 0.8, None, seed,
+        ids = generate(model, vocab.encode(default_prompt(vocab)), min(a.sample_tokens, 200), 0.8, None, seed,
                        logits_fn=fn)
         print("--- sample ---")
         print(vocab.decode(ids[1:]))

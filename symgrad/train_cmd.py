@@ -9,7 +9,13 @@
 Bad input (a missing or corrupt checkpoint, one from another config, an empty or too short text,
 an unknown optimizer or model, a negative or NaN learning rate) is reported in one line on
 stderr with exit status 2; nothing is written before the input has been checked, and an existing
-checkpoint is never overwritten by a new run.
+checkpoint is never overwritten by a new run. An --out that cannot hold a checkpoint is refused
+before training; a run that diverges stops and keeps its last finite checkpoint.
+
+--resume CKPT continues that run and writes back to CKPT itself. It keeps the checkpoint's model
+shape, batch size, seed, vocabulary and optimizer (giving another is refused), and its learning
+rate, schedule, weight decay, gradient clipping, eval interval and total steps unless --lr,
+--schedule, --weight-decay, --max-grad-norm, --eval-interval or --steps are given again.
 """
 
 from __future__ import annotations
@@ -94,9 +100,11 @@ def _new_out_dir(model: str) -> Path:
 
 
 def train_main(argv) -> int:
+    from models.checkpoint import CheckpointError
+    from models.sample import SampleError
     try:
         return _train(list(argv))
-    except UsageError as e:
+    except (UsageError, CheckpointError, SampleError) as e:
         return _fail("symgrad train", e)
 
 
@@ -125,9 +133,11 @@ def _train(argv) -> int:
 
 
 def _out_dir(a) -> Path:
+    from models import checkpoint
     out = Path(a.out) if a.out else _new_out_dir(a.model)
     if (out / "ckpt.npz").exists():
         raise UsageError(f"{out / 'ckpt.npz'} exists; pass --resume {out} to continue it, or another --out")
+    checkpoint.check_target(out / "ckpt.npz")  # a regular file in the way: say so before training
     return out
 
 
@@ -146,7 +156,8 @@ def _train_gpt(a) -> int:
     from models.data import DataError, read_text
     from models.gpt import GPTConfig
     from models.optim import make_optimizer
-    from models.sample import generate
+    from models import checkpoint
+    from models.sample import default_prompt, generate
     from models.schedules import make_schedule
     from models.tasks import GPTTask
     from models.trainer import Trainer
@@ -154,18 +165,25 @@ def _train_gpt(a) -> int:
     ck = None
     if a.resume:
         ck = _load_resume(a, "gpt")
+        if a.out is not None and Path(a.out).resolve() != ck["path"].parent.resolve():
+            raise UsageError(f"--out {a.out} with --resume: a resumed run writes back to "
+                             f"{ck['path']}; leave out --out")
         conf = ck["meta"]["config"]
-        saved = conf["model"]
-        for k in GPT_SHAPE:
-            v = getattr(a, k)
-            if v is not None and v != saved[k]:
-                raise UsageError(f"checkpoint {ck['path']} is from another config: {k}={saved[k]}, "
-                                 f"not {v}")
-        if a.batch_size is not None and a.batch_size != conf["batch_size"]:
-            raise UsageError(f"checkpoint {ck['path']} is from another config: batch_size="
-                             f"{conf['batch_size']}, not {a.batch_size}")
-        cfg = GPTConfig(**saved)
-        batch, seed = conf["batch_size"], conf["seed"]
+        try:
+            saved = conf["model"]
+            for k in GPT_SHAPE:
+                v = getattr(a, k)
+                if v is not None and v != saved[k]:
+                    raise UsageError(f"checkpoint {ck['path']} is from another config: {k}={saved[k]}, "
+                                     f"not {v}")
+            if a.batch_size is not None and a.batch_size != conf["batch_size"]:
+                raise UsageError(f"checkpoint {ck['path']} is from another config: batch_size="
+                                 f"{conf['batch_size']}, not {a.batch_size}")
+            cfg = GPTConfig(**saved)
+            batch, seed, vocab = conf["batch_size"], conf["seed"], conf["vocab"]
+        except (KeyError, TypeError) as e:
+            raise UsageError(f"corrupt checkpoint {ck['path']}: its config is incomplete "
+                             f"({type(e).__name__}: {e})") from None
         train_conf = conf.get("train", {})
         out = ck["path"].parent
     else:
@@ -186,7 +204,7 @@ def _train_gpt(a) -> int:
                          f"'{train_conf['optimizer']}', not '{opt_name}'")
     try:
         text = read_text(a.text)
-        if ck is not None and sorted(set(text)) != sorted(ck["meta"]["config"]["vocab"]):
+        if ck is not None and sorted(set(text)) != sorted(vocab):
             raise UsageError("the text's characters differ from the checkpoint's vocabulary")
         task = GPTTask(cfg, text, batch_size=batch, seed=seed)
     except DataError as e:
@@ -202,19 +220,22 @@ def _train_gpt(a) -> int:
                              else train_conf.get("max_grad_norm"), **hyper)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    eval_interval = a.eval_interval or train_conf.get("eval_interval") or max(1, min(250, steps // 5))
     task.train_conf = {"optimizer": opt_name, "lr": lr, "steps": steps, "schedule": schedule,
-                       "wd": hyper.get("wd"), "max_grad_norm": opt.max_grad_norm}
+                       "wd": hyper.get("wd"), "max_grad_norm": opt.max_grad_norm,
+                       "eval_interval": eval_interval}
     base_config = task.config
 
     def config():
         return dict(base_config(), train=task.train_conf)
 
     task.config = config
-    eval_interval = a.eval_interval or max(1, min(250, steps // 5))
     trainer = Trainer(task, task.model, opt, out, eval_interval=eval_interval, progress=not a.no_progress)
     if ck is not None:
         try:
             trainer.restore(ck)
+        except checkpoint.CheckpointError:  # already one line naming the file (train_main)
+            raise
         except ValueError as e:
             raise UsageError(f"checkpoint {ck['path']} does not fit the model: {e}") from None
         print(f"resuming {ck['path']} at step {trainer.state.step}")
@@ -228,8 +249,8 @@ def _train_gpt(a) -> int:
     print(f"checkpoint: {trainer.ckpt_path}")
     if a.sample_tokens > 0:
         vocab = task.data.vocab
-        ids = generate(task.model, vocab.encode("\n"), a.sample_tokens, temperature=0.8, top_k=None,
-                       seed=seed)
+        ids = generate(task.model, vocab.encode(default_prompt(vocab)), a.sample_tokens,
+                       temperature=0.8, top_k=None, seed=seed)
         print("--- sample ---")
         print(vocab.decode(ids[1:]))
     return 0
@@ -242,7 +263,8 @@ def sample_main(argv) -> int:
     p.add_argument("--tokens", type=_positive_int, default=500)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=_positive_int)
-    p.add_argument("--prompt", default="\n")
+    p.add_argument("--prompt", help="text to continue (default: a newline, or the first "
+                   "character of a vocabulary without one)")
     p.add_argument("--seed", type=int, default=0)
     try:
         a = p.parse_args(list(argv))
@@ -254,30 +276,37 @@ def sample_main(argv) -> int:
             ck = checkpoint.load(a.checkpoint)
         except checkpoint.CheckpointError as e:
             raise UsageError(str(e)) from None
-        kind = ck["meta"].get("kind")
-        if kind == "gpt":
-            from models.tasks import GPTTask
-            model, vocab = GPTTask.model_from_config(ck["meta"]["config"])
-            logits_fn = None
-        elif kind in ("rnn", "lstm"):
-            from models import zoo
-            model, vocab, logits_fn = zoo.char_rnn_sampler(ck["meta"]["config"])
-        else:
-            raise UsageError(f"checkpoint {ck['path']} holds a '{kind}' model, which does not sample text")
+        kind = ck["meta"]["kind"]
+        try:
+            if kind == "gpt":
+                from models.tasks import GPTTask
+                model, vocab = GPTTask.model_from_config(ck["meta"]["config"])
+                logits_fn = None
+            elif kind in ("rnn", "lstm"):
+                from models import zoo
+                model, vocab, logits_fn = zoo.char_rnn_sampler(ck["meta"]["config"])
+            else:
+                raise UsageError(f"checkpoint {ck['path']} holds a '{kind}' model, which does not sample text")
+        except (KeyError, TypeError) as e:
+            raise UsageError(f"corrupt checkpoint {ck['path']}: its config is incomplete "
+                             f"({type(e).__name__}: {e})") from None
         try:
             model.load_state_dict(ck["params"])
         except ValueError as e:
             raise UsageError(f"corrupt checkpoint {ck['path']}: {e}") from None
+        from models.sample import SampleError, default_prompt, generate
         try:
-            prompt = vocab.encode(a.prompt)
+            prompt = vocab.encode(default_prompt(vocab) if a.prompt is None else a.prompt)
         except DataError as e:
             raise UsageError(f"--prompt: {e}") from None
         if len(prompt) == 0:
             raise UsageError("--prompt is empty")
+        try:
+            ids = generate(model, prompt, a.tokens, a.temperature, a.top_k, a.seed, logits_fn=logits_fn)
+        except SampleError as e:
+            raise UsageError(f"checkpoint {ck['path']}: {e}") from None
     except UsageError as e:
         return _fail("symgrad sample", e)
-    from models.sample import generate
-    ids = generate(model, prompt, a.tokens, a.temperature, a.top_k, a.seed, logits_fn=logits_fn)
     sys.stdout.write(vocab.decode(ids) + "\n")
     return 0
 

@@ -4,8 +4,10 @@ FUNCTION names a function `candidate(g, **inputs)` in FILE.py, or a SymPy expres
 string of one) defined there. `--layer` is a built-in layer name, or `FILE.py:BUILD` for a layer
 defined by a `build(G)` forward definition (see `derive.define`).
 
-Exit status: 0 the candidate is right (equivalent or matches), 1 it is wrong, 2 bad input
-(file, function, layer or argument missing, candidate raising or returning the wrong shape).
+Exit status: 0 the candidate is right (equivalent or matches), 1 it is wrong, 2 bad input or
+no verdict (file, function, layer or argument missing, candidate raising, calling sys.exit,
+running past --timeout or returning the wrong shape). The status is the verdict whatever happens
+to stdout: a reader that leaves early (`| head -1`) or a full disk does not change it.
 Errors are one line on stderr; the report goes to stdout (as JSON with --json).
 """
 
@@ -35,6 +37,8 @@ def _parser():
     p.add_argument("--rtol", type=float, default=1e-3, help="finite-difference rtol (1e-3)")
     p.add_argument("--trials", type=int, default=4, help="random cases besides the edge cases (4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds one call of a function candidate may take (60)")
     p.add_argument("--dtype", default="float64", help="must be float64")
     return p
 
@@ -108,18 +112,41 @@ def main(argv) -> int:
             target = _layer(args.layer)
             candidate = load(args.candidate)
             report = verify(target, args.wrt, candidate, eps=args.eps, atol=args.atol,
-                            rtol=args.rtol, trials=args.trials, seed=args.seed, dtype=args.dtype)
+                            rtol=args.rtol, trials=args.trials, seed=args.seed, dtype=args.dtype,
+                            timeout=args.timeout)
     except (UsageError, DeriveError) as e:
         print(f"symgrad verify: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # the layer's build(G) exited: nothing was judged, so never 0
+        print(f"symgrad verify: the user's code called sys.exit({e.code!r}) before a verdict",
+              file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - no traceback reaches the user
         print(f"symgrad verify: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    code = 2 if report.verdict == "error" else 0 if report.ok else 1
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2), file=out)
+        _emit(out, json.dumps(report.as_dict(), indent=2), code)
     elif report.verdict != "error":
-        print(report, file=out)
+        _emit(out, str(report), code)
     if report.verdict == "error":
         print(f"symgrad verify: {report.message}", file=sys.stderr)
-        return 2
-    return 0 if report.ok else 1
+    return code
+
+
+def _emit(stream, text: str, code: int):
+    """Write the report and flush it now, so that a failure shows here and not at exit. A reader
+    that left (BrokenPipeError) or a full disk must not change the exit status, which is the
+    verdict: the stream is pointed at /dev/null so the interpreter's own flush at exit cannot
+    fail either (that would exit 120)."""
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except OSError as e:
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a stream without a file
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, stream.fileno())
+            os.close(null)
+        if not isinstance(e, BrokenPipeError):
+            print(f"symgrad verify: cannot write the report: {e.strerror or e} (exit status "
+                  f"{code} is the verdict)", file=sys.stderr)
