@@ -137,7 +137,7 @@ class _Kernel:
             if k not in self.known and k not in extra_ok:
                 raise KernelError(f"{self.name}: unknown argument '{k}' (expected "
                                   f"{', '.join(p.name for p in self.inputs)})")
-        arrays, call = {}, []
+        arrays, call, ids = {}, [], {}
         for p in self.inputs:
             if p.name not in kwargs:
                 if p.kind == "const":
@@ -162,6 +162,7 @@ class _Kernel:
                 raise KernelError(f"{self.name}: argument '{p.name}' must have rank {len(p.shape)} "
                                   f"{tuple(str(s) for s in p.shape)}, got shape {v.shape}")
             if p.kind == "int_array":
+                ids[p.name] = v  # range-checked as given: the int64 cast wraps uint64 past 2**63
                 if v.dtype != np.int64:
                     if v.dtype.kind not in "iu":
                         raise KernelError(f"{self.name}: argument '{p.name}' must hold integers, got "
@@ -178,7 +179,7 @@ class _Kernel:
         dims = self.shapes.read(arrays)
         for p in self.inputs:
             if p.kind == "int_array" and arrays[p.name].size:
-                self.check_ids(p, arrays[p.name], dims)
+                self.check_ids(p, ids[p.name], dims)
         dvals = [dims[d] for d in self.dim_names]
         call.extend(dvals)
         outs = {}
@@ -213,11 +214,11 @@ class _Kernel:
         bound = self.owner.id_bounds.get(p.name)
         if bound is None:
             return
-        hi = int(bound(*[dims[d] for d in self.dim_names]))
-        lo_v, hi_v = int(v.min()), int(v.max())
-        if lo_v < 0 or hi_v >= hi:
-            raise KernelError(f"{self.name}: argument '{p.name}' holds indices in [{lo_v}, {hi_v}], "
-                              f"outside [0, {hi - 1}]")
+        n = int(bound(*[dims[d] for d in self.dim_names]))
+        lo_v, hi_v = int(v.min()), int(v.max())  # Python ints: exact for any integer dtype
+        if lo_v < 0 or hi_v >= n:
+            where = f"outside [0, {n - 1}]" if n > 0 else "but the axis they index is empty"
+            raise KernelError(f"{self.name}: argument '{p.name}' holds indices in [{lo_v}, {hi_v}], {where}")
 
 
 class Kernels:

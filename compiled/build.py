@@ -9,6 +9,7 @@ recomputes them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import keyword
@@ -19,7 +20,7 @@ import sympy as sp
 
 from derive import steps
 from derive.derivation import lhs_of
-from derive.functions import MaxOver
+from derive.functions import Iverson, MaxOver
 
 from . import elementary
 from .blas import CACHE_TAG as BLAS_TAG, backend as blas_backend
@@ -119,20 +120,56 @@ def ident(name: str) -> str:
 
 
 def layer_key(d, dtype: str) -> str:
-    """Hash of the expressions, the argument specs, dtype, generator version and the BLAS the
-    products call (compiled/blas.py's backend and source: Numba's cache sees only the kernel's
-    own file)."""
+    """The cache key of a kernel file: a hash of everything the file is printed from.
+
+    That is the whole forward graph, walked field by field (dims in their declared order, index
+    extents, every attribute of every argument and binding, and any field added to Graph
+    later), the backward program, which arguments get gradients, the text the docstrings quote,
+    the dtype, the generator version, the BLAS the products call (compiled/blas.py: Numba's
+    cache sees only the kernel's own file) and whether loops print as prange. An input the key
+    misses loads a kernel printed for another definition: dims "C N" after "N C" (the dims were
+    once left out) read x with the wrong strides and wrote past the end of dx.
+    """
     h = hashlib.sha256()
-    h.update(f"{GENERATOR_VERSION}|{BLAS_TAG}|{dtype}|{d.name}|".encode())
-    h.update(f"prange:{PRANGE_LAYER}:{PARALLEL_MIN}|".encode())  # whether loops print as prange
-    for a in d.graph.args:
-        h.update(f"{a.name}:{a.role}:{a.integer}:{a.default}:{sp.srepr(sp.Tuple(*a.shape))};".encode())
-    for b in d.graph.bindings:
-        h.update(f"{b.name}:{b.save}:{b.stop_gradient}:{sp.srepr(b.lhs)}={sp.srepr(b.expr)};".encode())
-    h.update(("|".join(o.name for o in d.graph.outputs)).encode())
-    for name, idx, e in d.program:  # what the backward kernel is printed from
-        h.update(f"{name}:{sp.srepr(sp.Tuple(*idx))}={sp.srepr(e)};".encode())
+    h.update(f"{GENERATOR_VERSION}|{BLAS_TAG}|{dtype}|prange:{PRANGE_LAYER}:{PARALLEL_MIN}|".encode())
+    for part in (d.graph, d.program, list(d.grads), quoted(d)):
+        h.update(_canonical(part).encode() + b"|")
     return h.hexdigest()[:16]
+
+
+def _canonical(x) -> str:
+    """A text that differs when x differs: SymPy objects by srepr (assumptions included),
+    dataclasses field by field. Anything else by repr, so an object without a stable repr
+    only costs a rebuild, never a stale hit."""
+    if isinstance(x, sp.Basic):
+        return sp.srepr(x)
+    if dataclasses.is_dataclass(x):
+        return type(x).__name__ + "(" + ",".join(f"{f.name}={_canonical(getattr(x, f.name))}"
+                                                 for f in dataclasses.fields(x)) + ")"
+    if isinstance(x, dict):
+        return "{" + ",".join(f"{_canonical(k)}:{_canonical(v)}" for k, v in x.items()) + "}"
+    if isinstance(x, (list, tuple)):
+        return "[" + ",".join(_canonical(v) for v in x) + "]"
+    return repr(x)
+
+
+def quoted(d) -> dict:
+    """The derivation's text that a kernel module quotes in its docstrings."""
+    return {"definition": [s.text for s in d.steps_of("definition")],
+            "program": [f"{steps.text(lhs_of(n, idx))} = {steps.text(e)}" for n, idx, e in d.program],
+            "simplified": [s.text for s in d.steps_of("simplified")]}
+
+
+def pointwise(expr):
+    """The value a kernel computes for expr at a point. SymPy differentiates Max, Min and Abs
+    into Heaviside and sign into DiracDelta, distributions that have no Numba call:
+    Heaviside(a, H0) is [a > 0] + H0*[a = 0] (H0, SymPy's value at 0, is 1/2 unless the
+    definition gave one), DiracDelta is 0, its value everywhere but at 0 (so sign has the
+    derivative autograd gives it)."""
+    if not expr.has(sp.Heaviside, sp.DiracDelta):
+        return expr
+    return expr.replace(sp.DiracDelta, lambda *args: sp.S.Zero).replace(
+        sp.Heaviside, lambda a, h0=sp.S.Half: Iverson(a > 0) + h0 * Iverson(sp.Eq(a, 0)))
 
 
 class ModuleBuilder:
@@ -140,6 +177,7 @@ class ModuleBuilder:
 
     def __init__(self, d, dtype: str, blas: bool = True):
         self.d, self.g, self.dtype, self.blas = d, d.graph, dtype, blas
+        self.quoted = quoted(d)  # the docstrings' text (part of the key)
         self.fname = ident(d.name)
         # float32: exp/tanh/erf print as compiled.elementary's vectorizable helpers
         self.calls = elementary.FLOAT32_CALLS if dtype == "float32" else None
@@ -195,7 +233,7 @@ class ModuleBuilder:
             arrays[b.name] = tuple(b.tensor.shape)
         low = Lowerer(dict(g.extents), arrays, blas=self.blas)
         for b in g.bindings:
-            low.lower(b.name, tuple(b.indices), b.expr)
+            low.lower(b.name, tuple(b.indices), pointwise(b.expr))
         spec.elementwise_alias = self.alias_safe()
         spec.source = self.emit(spec, low, [(b.name, b.tensor.shape) for b in temps])
         return spec
@@ -235,9 +273,9 @@ class ModuleBuilder:
     def backward(self) -> KernelSpec:
         d, g = self.d, self.g
         spec = KernelSpec(f"{self.fname}_backward")
-        exprs = [sp.sympify(e) for _, _, e in d.program]
+        program = [(name, idx, pointwise(sp.sympify(e))) for name, idx, e in d.program]
         read = set()
-        for e in exprs:
+        for _, _, e in program:
             read |= {str(ix.base.label) for ix in e.atoms(sp.Indexed)}
             read |= {s.name for s in e.free_symbols if isinstance(s, sp.Symbol)}
         for o in g.outputs:
@@ -266,7 +304,7 @@ class ModuleBuilder:
         # are temporaries computed once, then every gradient d<arg>
         extents = dict(g.extents)
         eqs = []
-        for name, idx, expr in d.program:
+        for name, idx, expr in program:
             shape = g.tensor(name[1:]).shape if name[1:] in d.grads and name.startswith("d") \
                 else self._adjoint_shape(name)
             new_idx, ren = [], {}
@@ -277,7 +315,6 @@ class ModuleBuilder:
                     i = ren[i]
                 extents[i] = s_
                 new_idx.append(i)
-            expr = sp.sympify(expr)
             eqs.append((name, tuple(new_idx), expr.xreplace(ren) if ren else expr, tuple(shape)))
         arrays = {p.name: tuple(p.shape) for p in spec.params if p.kind in ("array", "int_array")}
         temps = []
@@ -354,10 +391,10 @@ class ModuleBuilder:
 
     def docstring(self, spec):
         if spec.func.endswith("forward"):
-            text = [s.text for s in self.d.steps_of("definition")]
+            text = self.quoted["definition"]
             head = f"Forward of {self.d.name}: every binding in order."
         else:
-            text = [f"{steps.text(lhs_of(n, idx))} = {steps.text(e)}" for n, idx, e in self.d.program]
+            text = self.quoted["program"]
             head = (f"Backward of {self.d.name}: the derived vector-Jacobian products, adjoints that "
                     f"several gradients read computed once.")
         body = "\n".join("    " + t.replace("\\", "\\\\").replace('"""', "'''") for t in text)
@@ -383,7 +420,7 @@ def module_source(d, dtype: str, key: str, blas: bool = True):
     mb = ModuleBuilder(d, dtype, blas)
     fwd = mb.forward()
     bwd = mb.backward()
-    formulas = "\n".join(f"    {s.text}" for s in d.steps_of("simplified")) or "    (no gradients)"
+    formulas = "\n".join(f"    {t}" for t in mb.quoted["simplified"]) or "    (no gradients)"
     doc = formulas.replace("\\", "\\\\").replace('"""', "'''")
     src = [
         f"# Generated from derive/{d.name} (symgrad compiled generator {GENERATOR_VERSION}, key {key}). Do not edit.",

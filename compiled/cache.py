@@ -1,26 +1,39 @@
 """The kernel cache: one real `.py` file per (layer, dtype), imported so `njit(cache=True)` works.
 
-Layout: `<cache dir>/kernels/<layer>_<dtype>_<key>.py`, where key hashes the expressions, dtype
-and generator version (`build.layer_key`); Numba keeps its compiled code beside it in
-`__pycache__`. The cache dir is `$SYMGRAD_CACHE_DIR`, else `$XDG_CACHE_HOME/symgrad`, else
-`~/.cache/symgrad`.
+Layout: `<cache dir>/kernels/<layer>_<dtype>_<key>.py`, where key hashes everything the file is
+printed from (`build.layer_key`: the derivation, dtype, generator version, BLAS); Numba keeps its
+compiled code beside it in `__pycache__`. The cache dir is `$SYMGRAD_CACHE_DIR`, else
+`$XDG_CACHE_HOME/symgrad`, else `~/.cache/symgrad`.
 
 Files are written to a temporary name and `os.replace`d into place, so a reader sees either no
 file or a whole one, and two processes building the same kernel cannot interleave their writes.
 The second line of each file is `# content-sha256: <hash of the rest>`; a file whose content
 does not match (truncated, edited, corrupted) is rebuilt, never imported.
+
+Numba's own cache files (`__pycache__/*.nbi`, `*.nbc`) are sealed the same way (`SealedCacheFile`):
+one that does not match is compiled again and rewritten, never loaded. A cache dir that cannot be
+written is replaced, for this process, by a temporary one (one warning line on stderr).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import importlib.util
+import io
 import os
+import pickle
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from numba.core.caching import IndexDataCacheFile
+from numba.core.dispatcher import Dispatcher
+
 _HASH_PREFIX = "# content-sha256: "
+_scratch: dict = {}  # a cache dir that cannot be written -> the temporary one used instead
 
 
 def cache_dir() -> Path:
@@ -31,7 +44,20 @@ def cache_dir() -> Path:
         xdg = os.environ.get("XDG_CACHE_HOME")
         root = Path(xdg) / "symgrad" if xdg else Path.home() / ".cache" / "symgrad"
     path = root / "kernels"
-    path.mkdir(parents=True, exist_ok=True)
+    if path in _scratch:
+        return _scratch[path]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()  # a real write: root ignores the mode bits
+    except OSError as e:
+        # a read-only cache (a shared install, a full disk) must not stop a run: compile into a
+        # directory of our own and say so once
+        tmp = Path(tempfile.mkdtemp(prefix="symgrad-kernels-"))
+        atexit.register(shutil.rmtree, tmp, True)
+        print(f"symgrad: warning: the kernel cache {path} cannot be written ({e.strerror or e}); "
+              f"kernels compile in {tmp} for this run only", file=sys.stderr)
+        _scratch[path] = tmp
+        return tmp
     return path
 
 
@@ -103,7 +129,59 @@ def import_file(path: Path, module_name: str):
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
+    for obj in vars(mod).values():  # before the first call: that is when Numba reads its cache
+        if isinstance(obj, Dispatcher) and obj.py_func.__module__ == module_name and \
+                type(getattr(obj._cache, "_cache_file", None)) is IndexDataCacheFile:
+            obj._cache._cache_file.__class__ = SealedCacheFile  # same state, sealed I/O
     return mod
+
+
+_SEAL = b"symgrad-sha256:"
+
+
+class SealedCacheFile(IndexDataCacheFile):
+    """Numba's index (.nbi) and data (.nbc) file of one function, with a SHA-256 of the content
+    in front of each.
+
+    Numba unpickles these files and links the machine code in them as they are: a garbled or
+    truncated file raised on every later run, a flipped bit loaded changed code or segfaulted.
+    Here a file whose seal does not match (or one written before seals) reads as absent, so
+    Numba compiles again and writes it anew: the cache heals on the next call.
+    """
+
+    @contextlib.contextmanager
+    def _open_for_write(self, filepath):
+        buf = io.BytesIO()  # Numba writes into this; the file gets the seal line and the bytes
+        yield buf
+        payload = buf.getvalue()
+        with super()._open_for_write(filepath) as f:
+            f.write(_SEAL + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+    def _load_index(self):  # Numba's own, reading through the seal
+        data = _read_sealed(self._index_path)
+        if data is None:
+            return {}
+        f = io.BytesIO(data)
+        if pickle.load(f) != self._version:
+            return {}
+        stamp, overloads = pickle.loads(f.read())
+        return overloads if stamp == self._source_stamp else {}
+
+    def _load_data(self, name):
+        data = _read_sealed(self._data_path(name))
+        if data is None:  # load() takes an OSError for a missing file: compile again
+            raise OSError(f"{self._data_path(name)}: missing, or its seal does not match")
+        return pickle.loads(data)
+
+
+def _read_sealed(path):
+    """The bytes after the seal line if they match it, else None."""
+    try:
+        with open(path, "rb") as f:
+            head, _, payload = f.read().partition(b"\n")
+    except OSError:
+        return None
+    return payload if head == _SEAL + hashlib.sha256(payload).hexdigest().encode() else None
 
 
 def sibling_module(here, stem: str):
@@ -112,4 +190,5 @@ def sibling_module(here, stem: str):
     return import_file(Path(here).parent / f"{stem}.py", f"symgrad_kernels.{stem}")
 
 
-__all__ = ["sibling_module", "cache_dir", "ensure", "import_file", "write_atomic", "seal", "unseal", "read_valid"]
+__all__ = ["sibling_module", "cache_dir", "ensure", "import_file", "write_atomic", "seal", "unseal", "read_valid",
+           "SealedCacheFile"]

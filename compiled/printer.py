@@ -221,6 +221,18 @@ class NumbaPrinter(StrPrinter):
         raise PrintError(f"the kernel printer has no rule for {type(e).__name__}: {e}")
 
 
+def _no_rule(self, e, *args, **kwargs):
+    return self.emptyPrinter(e)  # a PrintError
+
+
+# StrPrinter prints many nodes as SymPy text (Heaviside, Derivative, Integral, nan, I), which is
+# Python only in looks: a NameError at the kernel's first call. Of its rules the kernel printer
+# keeps Add alone; every other node needs a rule of its own above, or is a PrintError.
+for _rule in dir(StrPrinter):
+    if _rule.startswith("_print_") and _rule not in vars(NumbaPrinter) and _rule != "_print_Add":
+        setattr(NumbaPrinter, _rule, _no_rule)
+
+
 def print_value(expr, names, calls=None, used=None) -> str:
     return NumbaPrinter(names, calls=calls, used=used).doprint(expr)
 

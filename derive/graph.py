@@ -207,3 +207,8 @@ class Graph:
             if s in self.extents and s not in indices:
                 raise DeriveError(self.name, f"binding '{name}' has free index {s} that is not one of "
                                              f"its indices {indices}")
+            # a symbol nobody declared has no range and no value: it would derive, then fail to print
+            if not isinstance(s, sp.Indexed) and s.name not in known and \
+                    all(s.name != str(x) for x in [*self.extents, *self.dims_]):
+                raise DeriveError(self.name, f"binding '{name}' reads {s}, which is not a declared index, "
+                                             f"dim or scalar argument: in {expr}")

@@ -22,14 +22,15 @@ THREADS = 2
 
 
 def kernels_main(argv) -> int:
+    import derive  # the help names the built-in layers (as `symgrad derive --help` does)
+
     p = argparse.ArgumentParser(prog="symgrad kernels",
                                 description="Where a layer's compiled kernel lives; --show prints it.")
-    p.add_argument("name", help="a built-in layer (see `symgrad derive --list`)")
+    p.add_argument("name", help=f"a built-in layer: {', '.join(derive.layers())}")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--show", action="store_true", help="print the generated source")
     a = p.parse_args(argv)
     import compiled
-    import derive
     try:
         k = compiled.kernels(a.name, a.dtype)
     except (derive.DeriveError, compiled.KernelError) as e:
