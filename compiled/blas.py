@@ -1,8 +1,8 @@
 """The matrix products of the generated kernels: Intel MKL's cblas_sgemm / cblas_dgemm when the
 `mkl` package (libmkl_rt) is installed, else `np.dot` (SciPy's OpenBLAS, which Numba calls).
 
-    gemm(a, b, out)      out = a @ b
-    gemm_acc(a, b, out)  out += a @ b   (beta = 1: a parameter gradient accumulated in place)
+    gemm(a, b, out, alpha=1)      out = alpha * a @ b   (alpha: a scalar factor, 1/sqrt(D))
+    gemm_acc(a, b, out, alpha=1)  out += alpha * a @ b  (beta = 1: accumulated in place)
 
 a, b are 2-D float32 or float64 arrays whose rows or columns are contiguous (a C array, its
 transpose `x.T`, a slice of rows); out is C-contiguous, as np.dot's out must be. The layout of a
@@ -151,19 +151,20 @@ def _storage(m):
     return True, 0
 
 
-def _cblas_gemm(a, b, out, beta):
-    """out = a @ b + beta * out through MKL; False (nothing done) for what CBLAS cannot take."""
+def _cblas_gemm(a, b, out, alpha, beta):
+    """out = alpha * a @ b + beta * out through MKL; False (nothing done) for what CBLAS cannot
+    take."""
 
 
 @overload(_cblas_gemm)
-def _cblas_gemm_typed(a, b, out, beta):
+def _cblas_gemm_typed(a, b, out, alpha, beta):
     if out.layout != "C":
         raise TypingError("gemm: out must be C-contiguous (as np.dot's out)")
     if _MKL is None or not a.dtype == b.dtype == out.dtype or out.dtype not in _XGEMM:
-        return lambda a, b, out, beta: False
+        return lambda a, b, out, alpha, beta: False
     xgemm, real = _XGEMM[out.dtype]
 
-    def impl(a, b, out, beta):
+    def impl(a, b, out, alpha, beta):
         m, k = a.shape
         n = b.shape[1]
         if b.shape[0] != k or out.shape[0] != m or out.shape[1] != n:
@@ -173,35 +174,39 @@ def _cblas_gemm_typed(a, b, out, beta):
         if lda == 0 or ldb == 0:
             return False
         xgemm(ROW_MAJOR, NO_TRANS if a_rows else TRANS, NO_TRANS if b_rows else TRANS, m, n, k,
-              real(1.0), a.ctypes, lda, b.ctypes, ldb, real(beta), out.ctypes, max(n, 1))
+              real(alpha), a.ctypes, lda, b.ctypes, ldb, real(beta), out.ctypes, max(n, 1))
         return True
     return impl
 
 
 @njit
-def gemm(a, b, out):
-    """out = a @ b (MKL when installed, else np.dot)."""
-    if not _cblas_gemm(a, b, out, 0.0):
+def gemm(a, b, out, alpha=1.0):
+    """out = alpha * a @ b (MKL when installed, else np.dot)."""
+    if not _cblas_gemm(a, b, out, alpha, 0.0):
         np.dot(a, b, out)
+        if alpha != 1.0:
+            out *= alpha
 
 
 @njit
-def gemm_acc(a, b, out):
-    """out += a @ b (MKL's beta = 1 when installed, else np.dot into a temporary)."""
-    if not _cblas_gemm(a, b, out, 1.0):
-        out += np.dot(a, b)
+def gemm_acc(a, b, out, alpha=1.0):
+    """out += alpha * a @ b (MKL's beta = 1 when installed, else np.dot into a temporary)."""
+    if not _cblas_gemm(a, b, out, alpha, 1.0):
+        out += alpha * np.dot(a, b)
 
 
 @njit
-def dot_gemm(a, b, out):
+def dot_gemm(a, b, out, alpha=1.0):
     """gemm without MKL: np.dot."""
     np.dot(a, b, out)
+    if alpha != 1.0:
+        out *= alpha
 
 
 @njit
-def dot_gemm_acc(a, b, out):
+def dot_gemm_acc(a, b, out, alpha=1.0):
     """gemm_acc without MKL: np.dot into a temporary."""
-    out += np.dot(a, b)
+    out += alpha * np.dot(a, b)
 
 
 __all__ = ["gemm", "gemm_acc", "dot_gemm", "dot_gemm_acc", "backend", "set_threads", "CACHE_TAG"]

@@ -58,6 +58,7 @@ class Dot:
     N: tuple
     K: tuple
     note: str = ""
+    alpha: sp.Expr = sp.Integer(1)  # out = alpha * a @ b: a scalar factor of the sum (1/sqrt(D))
 
 
 @dataclass
@@ -192,7 +193,34 @@ class Lowerer:
         if self.swapped(target, idx, expr):
             return
         order = [(v, 0, self.extents[v] - 1) for v in idx]
-        self.out.stmts.append(Nest(target, tuple(idx), order, expr))
+        self.out.stmts += self.split_guard(Nest(target, tuple(idx), order, expr))
+
+    def split_guard(self, st):
+        """An element assignment `y[.., j] = [j <= f] * rest`, the guard on its last index and f
+        an affine function of the indices before it (a causal mask: [j <= i]), as two loops over
+        the two parts of j's range: rest with the guard 1 where it holds, and 0 elsewhere. The
+        mask then costs nothing per element, and what it zeroes is not computed at all
+        (attention's e = [j <= i] * exp(...): half its exps; a `1 if j <= i else 0` select per
+        element kept the loop from vectorizing: 303 us against 64 for the exps alone at 48 x 64
+        x 64). Only where f provably stays within j's range; otherwise one loop, as written."""
+        if not isinstance(st.expr, sp.Mul) or not st.order:
+            return [st]
+        v, lo, hi = st.order[-1]
+        before = {u: self.extents[u] for u, _, _ in st.order[:-1]}
+        for guard in st.expr.args:
+            bound = _affine_bound(guard, v) if isinstance(guard, Iverson) else None
+            if bound is None or not bound[1].free_symbols & set(self.extents) <= set(before):
+                continue
+            upper, f = bound
+            top, bottom = _affine_range(f, before)
+            if top is None or not (sp.simplify(hi - top).is_nonnegative and
+                                   sp.simplify(bottom - lo).is_nonnegative):
+                continue
+            held = st.order[:-1] + [(v, lo, f) if upper else (v, f, hi)]
+            rest = st.order[:-1] + [(v, f + 1, hi) if upper else (v, lo, f - 1)]
+            return [Nest(st.target, st.write, held, st.expr.xreplace({guard: sp.Integer(1)}), note=st.note),
+                    Nest(st.target, st.write, rest, sp.Integer(0), note=st.note)]
+        return [st]
 
     # --- contractions to BLAS ---------------------------------------------------------------
     def normalize(self, expr):
@@ -404,11 +432,9 @@ class Lowerer:
     def emit_dot(self, name, order, coeff, A, B, batch, M, N, K):
         an, ai = self.operand(A, batch, (M, K))
         bn, bi = self.operand(B, batch, (K, N))
-        self.out.stmts.append(Dot(name, tuple(order), an, ai, bn, bi, tuple(batch), M, N, K))
-        if coeff != 1:
-            ref = sp.IndexedBase(name, real=True)[tuple(order)]
-            self.out.stmts.append(Nest(name, tuple(order), [(v, 0, self.extents[v] - 1) for v in order],
-                                       coeff * ref, note="scale"))
+        # a scalar factor is the product's alpha, not a pass of its own over the result
+        self.out.stmts.append(Dot(name, tuple(order), an, ai, bn, bi, tuple(batch), M, N, K,
+                                  alpha=sp.sympify(coeff)))
 
     def direct_dot(self, target, idx, expr):
         """If expr (after lowering) has a term that is a contraction temp read at idx, compute that
@@ -427,6 +453,11 @@ class Lowerer:
         for t in cands:
             ref = sp.IndexedBase(target, real=True)[tuple(idx)]
             rest = expr.xreplace({t: ref})
+            scale = sp.simplify(rest / ref) if len(terms) == 1 else None  # expr = scale * product
+            if scale is not None and scale != 1 and self._retarget(str(t.base.label), target, keep_key=False):
+                dot = next(st for st in self.out.stmts if isinstance(st, Dot) and st.out == target)
+                dot.alpha = dot.alpha * scale  # S = sum_c(q k)/sqrt(D): alpha, not a pass over S
+                return None
             if self._retarget(str(t.base.label), target, keep_key=(rest == ref)):
                 return None if rest == ref else rest
         return expr
@@ -437,7 +468,7 @@ class Lowerer:
             return False
         if sum(1 for st in self.out.stmts if _reads(st, name)) > 0:
             return False
-        # retarget: the dot (and its scale) write the kernel's own output
+        # retarget: the dot writes the kernel's own output
         for st in self.out.stmts:
             if isinstance(st, Dot) and st.out == name:
                 st.out = target
@@ -566,6 +597,37 @@ class Lowerer:
         return [by_var[v] for v in cands[best]]
 
 
+def _affine_bound(guard, v):
+    """(upper?, f) when Iverson `guard` holds exactly for v <= f (upper) or v >= f, f free of v;
+    None for any other condition."""
+    cond = guard.args[0]
+    rel = {sp.LessThan: (1, 0), sp.StrictLessThan: (1, 1), sp.GreaterThan: (-1, 0),
+           sp.StrictGreaterThan: (-1, 1)}.get(type(cond))
+    if rel is None:
+        return None
+    sign, strict = rel
+    d = sp.expand(sign * (cond.lhs - cond.rhs) + strict)  # the condition is d <= 0
+    c = d.coeff(v)
+    rest = sp.expand(d - c * v)
+    if c not in (1, -1) or v in rest.free_symbols:
+        return None
+    return (True, -rest) if c == 1 else (False, rest)
+
+
+def _affine_range(f, extents):
+    """(max, min) of f over indices u in [0, extent_u - 1]; (None, None) unless f is affine
+    with numeric coefficients in them."""
+    top = bottom = f
+    for u, ext in extents.items():
+        c = sp.expand(f).coeff(u)
+        if not c.is_Number or sp.expand(f - c * u).has(u):
+            return None, None
+        hi_u = sp.sympify(ext) - 1
+        top = top.xreplace({u: hi_u if c > 0 else 0})
+        bottom = bottom.xreplace({u: 0 if c > 0 else hi_u})
+    return sp.expand(top), sp.expand(bottom)
+
+
 def _merge(self_, expr):
     return expr
 
@@ -573,12 +635,7 @@ def _merge(self_, expr):
 def _reads(st, name):
     if isinstance(st, Dot):
         return st.a == name or st.b == name
-    return any(str(ix.base.label) == name for ix in st.expr.atoms(sp.Indexed)) and \
-        not (st.target == name and st.note == "scale")
-
-
-def _scaled(stmts, name):
-    return any(isinstance(st, Nest) and st.target == name and st.note == "scale" for st in stmts)
+    return any(str(ix.base.label) == name for ix in st.expr.atoms(sp.Indexed))
 
 
 def _ordered(expr, vars_):

@@ -249,7 +249,7 @@ class KernelWriter:
     def fusable(self, group, st):
         first = group[0]
         if not isinstance(st, Nest) or st.accumulate or first.accumulate or not first.order \
-                or not st.order or st.order[0] != first.order[0] or st.note == "scale":
+                or not st.order or st.order[0] != first.order[0]:
             return False
         v = first.order[0][0]
         if any(g.write[:1] != (v,) for g in group) or st.write[:1] != (v,):
@@ -269,7 +269,7 @@ class KernelWriter:
         """st accumulates over the same loops as the accumulations in group (layernorm's dgamma
         and dbeta: `for n, for j`), into another array none of them reads: one loop nest."""
         first = group[0]
-        plain = ("", "reduction over a leading axis")  # not a scatter-add, not a scale
+        plain = ("", "reduction over a leading axis")  # not a scatter-add
         if not isinstance(st, Nest) or not (st.accumulate and first.accumulate) or \
                 st.note not in plain or first.note not in plain or \
                 len(st.order) != len(first.order) or not st.order:
@@ -331,6 +331,11 @@ class KernelWriter:
     def dot(self, st: Dot, root):
         for v in st.batch:
             self.name_index(v)
+        alpha = ""
+        if st.alpha != 1:
+            alpha = self.ident("alpha")
+            root.rest.append(f"{alpha} = {self.value(st.alpha)}")
+            alpha = f", {alpha}"
         blk = root
         for v in st.batch:
             inner = Block()
@@ -358,10 +363,10 @@ class KernelWriter:
         o_rest = tuple(st.out_idx[len(st.batch):])
         if o_rest[:len(st.M)] == tuple(st.M):
             o = mat(st.out, st.out_idx, st.M, st.N)
-            blk.rest.append(f"gemm({a}, {b}, {o})")
+            blk.rest.append(f"gemm({a}, {b}, {o}{alpha})")
         else:
             o = mat(st.out, st.out_idx, st.N, st.M)
-            blk.rest.append(f"gemm({_t(b)}, {_t(a)}, {o})")
+            blk.rest.append(f"gemm({_t(b)}, {_t(a)}, {o}{alpha})")
 
     def extent_of(self, st, v):
         return self.extents[v]
@@ -580,7 +585,7 @@ class KernelWriter:
             return
         if len(group) == 1 and not group[0].expr.has(sp.Sum, MaxOver) and \
                 not _costly_calls(group[0].expr):
-            # one pass of plain arithmetic (a bias add, a copy, a scale after a GEMM): bound by
+            # one pass of plain arithmetic (a bias add, a copy): bound by
             # memory, it gained nothing from a second thread (linear's bias add beside its GEMM:
             # 1.03x slower), and each prange loop adds about 1.5 s to the first compile
             return

@@ -35,6 +35,8 @@ def test_gemm_matches_numpy_for_every_transpose(gemm, dtype, ta, tb):
     out = np.full((7, 3), np.nan, dtype)
     gemm(a, b, out)
     close(out, a.astype(np.float64) @ b, dtype)
+    gemm(a, b, out, dtype(0.25))  # alpha: a scalar factor of the product (1/sqrt(D))
+    close(out, 0.25 * (a.astype(np.float64) @ b), dtype)
 
 
 @pytest.mark.parametrize("ta,tb", TRANSPOSES)
@@ -47,6 +49,8 @@ def test_gemm_acc_adds_the_product_to_out(gemm_acc, dtype, ta, tb):
     out = start.copy()
     gemm_acc(a, b, out)
     close(out, start + a.astype(np.float64) @ b, dtype)
+    gemm_acc(a, b, out, dtype(-2))
+    close(out, start - a.astype(np.float64) @ b, dtype)
 
 
 @pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaPerformanceWarning")  # np.dot's copy

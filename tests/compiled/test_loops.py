@@ -88,3 +88,24 @@ def test_chained_cheap_temporaries_are_recomputed_and_match_the_reference():
     fwd = _func(compiled.kernels(d, "float64").source, "t_chained_forward")
     assert "np.empty" not in fwd and "a[" not in fwd and "b[" not in fwd, fwd
     check_layer(d, _random_cases(d, np.random.default_rng(4)))
+
+
+def test_causal_mask_splits_the_row_instead_of_testing_each_element():
+    """attention's e = [j <= i] * exp(S - m): the exps run over j <= i only, the rest of the row
+    is zeroed by a loop of its own, and no element tests the mask."""
+    fwd = _func(compiled.kernels("attention", "float32").source, "attention_forward")
+    assert re.search(r"for (\w+) in range\(1 \+ i\):\n\s+e\[b, i, \1\] = exp32\(", fwd), fwd
+    assert re.search(r"for (\w+) in range\(1 \+ i, T\):\n\s+e\[b, i, \1\] = F\(0\)", fwd), fwd
+    assert "<= i" not in fwd, fwd
+
+    def banded(G):  # the mirrored guard: j >= i
+        N, = G.dims("N")
+        x = G.input("x", (N, N))
+        i, j = G.indices(i=N, j=N)
+        G.output(G.bind("y", (i, j), derive.Iverson(j >= i) * x[i, j] ** 2))
+
+    d = derive.define("t_upper_square", banded)
+    x = np.random.default_rng(0).standard_normal((5, 5))
+    src = _func(compiled.kernels(d, "float64").source, "t_upper_square_forward")
+    assert ">= i" not in src and "range(i, N)" in src, src
+    assert np.array_equal(compiled.kernels(d, "float64").forward(x=x)["y"], np.triu(x) ** 2)
