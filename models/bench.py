@@ -461,7 +461,7 @@ def _run(a, peers, n_load, cfg, batch, memory):
                            "speedup": med, "speedup_min": lo, "speedup_max": hi, "mfu": mfu(t),
                            "ms_per_round": ms[p], "first_step_s": first[p], "warmup_s": warmup[p]}
     tuner = model._last.tuner  # the training step's own choice of threads (models/threads.py)
-    res["symgrad_threads"] = {"chosen": tuner.n, "ms_by_threads": {str(n): t * 1000 for n, t in tuner.time.items()}}
+    res["symgrad_threads"] = {"chosen": tuner.best, "ms_by_threads": {str(n): t * 1000 for n, t in tuner.time.items()}}
     p0 = res["peers"][peers[0]]
     res.update({"torch_ms_per_step": p0["ms_per_step"], "torch_tokens_per_s": p0["tokens_per_s"],
                 "speedup": p0["speedup"], "speedup_min": p0["speedup_min"],

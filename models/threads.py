@@ -5,8 +5,9 @@ the cores, every parallel region (a BLAS call, a `prange` loop) waits for its sl
 which may not be scheduled for milliseconds, and one thread is faster — by 10x and more for
 small products (a batch-1 forward while sampling). No fixed rule gets both right, and the
 machine's load changes while a run goes on, so each `Step` keeps its own `ThreadTuner`: the
-count with the lowest recent time runs; every `explore` calls one call tries another count, so
-a machine that becomes busy, or idle again, is followed within a few dozen steps.
+count with the lowest recent time runs, another count is tried now and then, and a call that
+suddenly takes much longer is followed by a try at once, so a machine that becomes busy is
+followed within a few steps and one that becomes idle again within a few hundred.
 """
 
 from __future__ import annotations
@@ -44,13 +45,23 @@ def use(n: int):
 class ThreadTuner:
     """Picks a thread count in 1..most for each call and learns from the time it took: the
     first call at each count is a warm-up (kernels load) and not counted; the estimate of a
-    count is the median of its last `window` calls."""
+    count is the median of its last `window` calls.
 
-    def __init__(self, explore: int = 32, window: int = 3):
-        self.explore, self.window = explore, window
+    Exploring costs a call at the slower count (on the idle 2-core machine a 1-thread GPT step
+    is ~20 ms slower: every 32 steps, 0.7 ms a step), so the gap between explorations doubles,
+    from `explore` calls up to `longest`, while they confirm the best count. It falls back to
+    `explore` when an exploration finds another best or a faster call than the best's (the
+    machine became idle: the next call tries again), and the next call explores when a call at
+    the best count takes over `jump` times its estimate (the machine became busy)."""
+
+    def __init__(self, explore: int = 32, window: int = 3, longest: int = 512, jump: float = 1.5):
+        self.explore, self.window, self.longest, self.jump = explore, window, longest, jump
         self.samples: dict[int, list] = {}  # count -> seconds of its last calls
         self.warm: set = set()
         self.calls = 0
+        self.gap = explore  # calls between explorations
+        self.next = explore  # the call that explores next
+        self.exploring = False
         self.n = most()
 
     @property
@@ -58,18 +69,27 @@ class ThreadTuner:
         """count -> estimated seconds per call."""
         return {n: sorted(s)[len(s) // 2] for n, s in self.samples.items() if s}
 
+    @property
+    def best(self) -> int:
+        """The count with the lowest estimate (the one that runs between explorations)."""
+        est = self.time
+        return min(self.candidates(), key=lambda n: est.get(n, float("inf")))
+
     def choose(self) -> int:
         self.calls += 1
         cands = self.candidates()
         short = [n for n in cands if len(self.samples.get(n, ())) < self.window]
+        self.exploring = False
         if short:  # measure every count a few times first, alternating
             self.n = min(short, key=lambda n: (len(self.samples.get(n, ())), cands.index(n)))
         else:
-            est = self.time
-            best = min(cands, key=lambda n: est[n])
+            best = self.best
             others = [n for n in cands if n != best]
-            self.n = others[(self.calls // self.explore) % len(others)] \
-                if others and self.calls % self.explore == 0 else best
+            if others and self.calls >= self.next:
+                self.n = others[(self.calls // self.explore) % len(others)]
+                self.exploring = True
+            else:
+                self.n = best
         use(self.n)
         return self.n
 
@@ -77,9 +97,20 @@ class ThreadTuner:
         if self.n not in self.warm:
             self.warm.add(self.n)
             return
+        before = self.best if self.exploring else None
         s = self.samples.setdefault(self.n, [])
+        expected = self.time.get(self.n)
         s.append(seconds)
         del s[:-self.window]
+        if self.exploring:
+            if self.best == before and seconds < self.time[before]:
+                self.gap, self.next = self.explore, self.calls + 1  # faster now: try it again
+            else:
+                self.gap = min(2 * self.gap, self.longest) if self.best == before else self.explore
+                self.next = self.calls + self.gap
+        elif expected is not None and seconds > self.jump * expected and self.n == self.best:
+            self.gap = self.explore
+            self.next = self.calls + 1
 
     def candidates(self):
         m = most()

@@ -28,3 +28,22 @@ def test_tuner_with_one_core_never_asks_for_two(monkeypatch):
     monkeypatch.setattr(threads, "most", lambda: 1)
     t = ThreadTuner()
     assert {t.choose() for _ in range(100)} == {1}
+
+
+def test_tuner_explores_less_while_the_best_count_holds(monkeypatch):
+    """Each exploration runs a call at the slower count: on a steady machine they thin out
+    (the gap doubles up to `longest`), and an idle machine is found again within it."""
+    monkeypatch.setattr(threads, "use", lambda n: None)
+    monkeypatch.setattr(threads, "most", lambda: 2)
+    t = ThreadTuner(explore=8, longest=128)
+    cost = {2: 0.120, 1: 0.025}  # busy: one thread is faster
+    seen = []
+    for step in range(3000):
+        if step == 2000:
+            cost = {2: 0.010, 1: 0.018}  # idle again: the best count (1) does not slow down
+        n = t.choose()
+        seen.append(n)
+        t.record(cost[n])
+    assert 5 <= seen[100:2000].count(2) <= 25  # 8, 16, 32, 64, then every 128 calls
+    assert seen[2000 + 130:].count(2) > 0.95 * len(seen[2130:])  # found within `longest` calls
+    assert t.best == 2
