@@ -3,6 +3,7 @@
 
     gemm(a, b, out, alpha=1)      out = alpha * a @ b   (alpha: a scalar factor, 1/sqrt(D))
     gemm_acc(a, b, out, alpha=1)  out += alpha * a @ b  (beta = 1: accumulated in place)
+    gemm1(a, b, out, alpha=1)     gemm on the calling thread alone (inside a prange loop)
 
 a, b are 2-D float32 or float64 arrays whose rows or columns are contiguous (a C array, its
 transpose `x.T`, a slice of rows); out is C-contiguous, as np.dot's out must be. The layout of a
@@ -81,7 +82,7 @@ def _load():
         os.environ.setdefault("KMP_BLOCKTIME", "0")  # read when libiomp5 starts, at the first call
     elif layer == "tbb" and _wheel_lib("tbb", "libtbb.so.12"):  # else MKL exits at the first call
         ctypes.CDLL(_wheel_lib("tbb", "libtbb.so.12"))         # ("Cannot load libmkl_tbb_thread")
-    for name in ("cblas_sgemm", "cblas_dgemm"):
+    for name in ("cblas_sgemm", "cblas_dgemm", "MKL_Set_Num_Threads_Local"):
         ll.add_symbol(f"symgrad_{name}", ctypes.cast(getattr(lib, name), ctypes.c_void_p).value)
     if layer == "intel":
         _start_threads(lib)
@@ -133,6 +134,8 @@ def _signature(real):
     return types.void(i, i, i, i, i, i, real, p, i, p, i, real, p, i)
 
 
+# MKL's thread count for calls from this thread alone (0: the global count); returns the old one
+_set_local = types.ExternalFunction("symgrad_MKL_Set_Num_Threads_Local", types.intc(types.intc))
 _sgemm = types.ExternalFunction("symgrad_cblas_sgemm", _signature(types.float32))
 _dgemm = types.ExternalFunction("symgrad_cblas_dgemm", _signature(types.float64))
 _XGEMM = {types.float32: (_sgemm, np.float32), types.float64: (_dgemm, np.float64)}
@@ -188,6 +191,27 @@ def gemm(a, b, out, alpha=1.0):
             out *= alpha
 
 
+def _one_thread(on):
+    """Hold this thread's MKL calls to one thread (on) or give them back the global count."""
+
+
+@overload(_one_thread)
+def _one_thread_typed(on):
+    if _MKL is None:
+        return lambda on: 0
+    return lambda on: _set_local(1 if on else 0)
+
+
+@njit
+def gemm1(a, b, out, alpha=1.0):
+    """gemm on the calling thread alone: inside a prange loop each thread does its own batch
+    elements' products (attention's per-sequence S[b] = q[b] @ k[b].T), where a threaded call
+    would start a second thread pool under the first. Without MKL: gemm."""
+    _one_thread(True)
+    gemm(a, b, out, alpha)
+    _one_thread(False)
+
+
 @njit
 def gemm_acc(a, b, out, alpha=1.0):
     """out += alpha * a @ b (MKL's beta = 1 when installed, else np.dot into a temporary)."""
@@ -209,4 +233,4 @@ def dot_gemm_acc(a, b, out, alpha=1.0):
     out += alpha * np.dot(a, b)
 
 
-__all__ = ["gemm", "gemm_acc", "dot_gemm", "dot_gemm_acc", "backend", "set_threads", "CACHE_TAG"]
+__all__ = ["gemm", "gemm1", "gemm_acc", "dot_gemm", "dot_gemm_acc", "backend", "set_threads", "CACHE_TAG"]

@@ -184,7 +184,7 @@ class ModuleBuilder:
         self.used = set()  # helpers the kernels call
         self.helpers = set()  # loop helpers (compiled.writer.HELPERS) the kernels call
         self.parallel = False  # whether a kernel has a prange loop
-        self.gemm = False  # whether a kernel calls compiled.blas.gemm
+        self.gemm = set()  # what the kernels call of compiled.blas: gemm, gemm1
 
     # --- names shared by both kernels --------------------------------------------------------
     def base_names(self):
@@ -361,12 +361,12 @@ class ModuleBuilder:
         self.index_names(names, taken, index_syms)
         w = KernelWriter(names, index_syms, low.extents, self.calls, self.used,
                          temps=[n for n, _ in temps] + [t.name for t in low.out.temps],
-                         parallel_min=PARALLEL_MIN)
+                         parallel_min=PARALLEL_MIN, blas_one_thread=blas_backend() == "mkl")
         w.taken |= taken
         body = w.write(low.out.stmts)
         self.helpers |= w.helpers
         self.parallel |= w.parallel
-        self.gemm |= any(isinstance(st, Dot) for st in low.out.stmts)
+        self.gemm |= w.gemms
         args = ", ".join(names[p.name] for p in spec.params)
         lines = [JIT_PARALLEL if w.parallel else JIT, f"def {spec.func}({args}):"]
         doc = self.docstring(spec)
@@ -436,8 +436,8 @@ def module_source(d, dtype: str, key: str, blas: bool = True):
         "from numba import njit" + (", prange" if mb.parallel else ""),
         *sorted(set(elementary.imports(mb.used)) | set(helper_imports(mb.helpers))),
         *(["from numba.core.cpu_options import ParallelOptions"] if mb.parallel else []),
-        *([f"from compiled.blas import gemm  # out = a @ b: {blas_backend()} (compiled/blas.py)"]
-          if mb.gemm else []),
+        *([f"from compiled.blas import {', '.join(sorted(mb.gemm))}  # out = a @ b: {blas_backend()} "
+           f"(compiled/blas.py)"] if mb.gemm else []),
         "",
         f"F = np.{dtype}",
         f"FAST = {FASTMATH}  # no nnan/ninf: isnan/isfinite stay correct",

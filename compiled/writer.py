@@ -26,6 +26,11 @@ pool_threads() > 1` (`work`: its element visits, from the extents at run time; P
 and the threading layer are set, with their measurements, in compiled/build.py): a call too
 small to pay for waking the threads (batch-1 sampling), or made with one thread
 (numba.set_num_threads(1)), never touches the thread pool.
+
+Matrix products over a leading batch index and the row loops between them (attention's
+S[b] = q[b] k[b].T, its softmax rows, y[b] = P[b] v[b]) are one such loop over b, each product
+on the calling thread (`gemm1`): a sequence's whole work stays on one core and in its cache,
+and the tiny (64 x 32 x 64) products no longer wake MKL's threads one at a time.
 """
 
 from __future__ import annotations
@@ -141,7 +146,7 @@ class KernelWriter:
     was printed, `helpers` which loop helpers the code calls."""
 
     def __init__(self, names: dict, index_vars: set, extents: dict, calls: dict | None = None,
-                 used: set | None = None, temps=(), parallel_min=None):
+                 used: set | None = None, temps=(), parallel_min=None, blas_one_thread=False):
         self.extents = extents
         self.calls = calls  # sympy function -> helper call (float32: compiled.elementary)
         self.used = used if used is not None else set()  # helpers printed
@@ -154,6 +159,8 @@ class KernelWriter:
         self.parallel_min = parallel_min
         self.parallel = False
         self.helpers = set()
+        self.gemms = set()  # the products it calls: gemm, gemm1 (compiled/blas.py)
+        self.blas_one_thread = blas_one_thread
         self.subst = {}  # Indexed row value -> the local holding it (within its fused loop)
         self.sym_free = {}  # local symbol -> the index symbols its value depends on
         self.hoisted = {}  # (expression, block id) -> local symbol computed in that block
@@ -184,6 +191,13 @@ class KernelWriter:
             st = stmts[n]
             own = Block(flat=True)  # this statement's code, hoisted accumulators included
             root.rest.append(own)
+            run = self.batch_run(stmts, n)
+            if run:  # products and row loops of one batch element, together
+                self.batched(run, own)
+                self.parallelize(run, own)
+                self.subst = {}
+                n += len(run)
+                continue
             if isinstance(st, Dot):
                 self.dot(st, own)
                 n += 1
@@ -265,6 +279,64 @@ class KernelWriter:
                 return False
         return True
 
+    def batch_run(self, stmts, n):
+        """The statements from n on that can run per element of one leading batch index b, all
+        of one element's work on one thread: matrix products over b (attention's S[b] = q[b]
+        k[b].T) and the loops between them that write [b, ...] and read what the run writes
+        only at [b, ...]. At least one product and two statements; [] otherwise. Only with a
+        BLAS whose product can be held to the calling thread (gemm1: MKL's thread-local count),
+        as two thread pools would otherwise nest."""
+        if not self.blas_one_thread or self.parallel_min is None:
+            return []
+        first = stmts[n]
+        v = first.batch[0] if isinstance(first, Dot) and first.batch else \
+            (first.order[0][0] if isinstance(first, Nest) and first.order else None)
+        if v is None:
+            return []
+        run, targets = [], set()
+        for st in stmts[n:]:
+            if isinstance(st, Dot):
+                ok = st.batch[:1] == (v,) and st.out_idx[:1] == (v,) and \
+                    all(idx[:1] == (v,) for name, idx in ((st.a, st.a_idx), (st.b, st.b_idx))
+                        if name in targets)
+                target = st.out
+            else:
+                ok = not st.accumulate and st.order and st.order[0][0] == v and \
+                    st.write[:1] == (v,) and not any(
+                        lim[0] == v for r in st.expr.atoms(sp.Sum, MaxOver) for lim in red_limits(r)) \
+                    and all(ix.indices[:1] == (v,) for ix in st.expr.atoms(sp.Indexed)
+                            if str(ix.base.label) in targets | {st.target})
+                target = st.target
+            if not ok:
+                break
+            run.append(st)
+            targets.add(target)
+        if len(run) < 2 or not any(isinstance(st, Dot) for st in run):
+            return []
+        while not isinstance(run[-1], Dot) and len(run) > 1 and \
+                not any(isinstance(st, Dot) for st in run[:-1]):
+            run.pop()
+        return run
+
+    def batched(self, run, root):
+        """One loop over the run's batch index: each product on one thread (gemm1), each row
+        loop nest inside it (attention: S[b], its softmax rows, y[b] per b)."""
+        st0 = run[0]
+        v, ext = (st0.batch[0], self.extents[st0.batch[0]]) if isinstance(st0, Dot) else \
+            (st0.order[0][0], None)
+        lo, hi = (0, sp.sympify(ext) - 1) if ext is not None else st0.order[0][1:]
+        body = Block()
+        root.rest.append(f"for {self.name_index(v)} in {_range(lo, hi, self.names)}:")
+        root.rest.append(body)
+        self.row_local = {}
+        for st in run:
+            blk = Block(flat=True)
+            body.rest.append(blk)
+            if isinstance(st, Dot):
+                self.dot(st, blk, bound=(v,), pre=root)
+            else:
+                self.nest([st], blk, outer=[(root, set()), (blk, {v})], order=st.order[1:])
+
     def same_loops(self, group, st):
         """st accumulates over the same loops as the accumulations in group (layernorm's dgamma
         and dbeta: `for n, for j`), into another array none of them reads: one loop nest."""
@@ -328,16 +400,22 @@ class KernelWriter:
             self.sym_free[sym] = {v}
             self.row_local[id(st)] = (sym, t not in self.scalarized)
 
-    def dot(self, st: Dot, root):
+    def dot(self, st: Dot, root, bound=(), pre=None):
+        """`gemm` per batch element; within a batched run (`bound`: its batch index, already
+        looped over) `gemm1`, the product on the calling thread, its alpha computed in `pre`."""
         for v in st.batch:
             self.name_index(v)
         alpha = ""
         if st.alpha != 1:
             alpha = self.ident("alpha")
-            root.rest.append(f"{alpha} = {self.value(st.alpha)}")
+            (pre.pre if pre is not None else root.rest).append(f"{alpha} = {self.value(st.alpha)}")
             alpha = f", {alpha}"
+        call = "gemm1" if bound else "gemm"
+        self.gemms.add(call)
         blk = root
         for v in st.batch:
+            if v in bound:
+                continue
             inner = Block()
             ext = sp.sympify(self.extent_of(st, v))
             blk.rest.append(f"for {self.names[v]} in {_range(0, ext - 1, self.names)}:")
@@ -363,10 +441,10 @@ class KernelWriter:
         o_rest = tuple(st.out_idx[len(st.batch):])
         if o_rest[:len(st.M)] == tuple(st.M):
             o = mat(st.out, st.out_idx, st.M, st.N)
-            blk.rest.append(f"gemm({a}, {b}, {o}{alpha})")
+            blk.rest.append(f"{call}({a}, {b}, {o}{alpha})")
         else:
             o = mat(st.out, st.out_idx, st.N, st.M)
-            blk.rest.append(f"gemm({_t(b)}, {_t(a)}, {o}{alpha})")
+            blk.rest.append(f"{call}({_t(b)}, {_t(a)}, {o}{alpha})")
 
     def extent_of(self, st, v):
         return self.extents[v]
@@ -578,20 +656,25 @@ class KernelWriter:
         iterations are independent: its index leads every element the group writes (so each
         iteration writes its own), every read of an array the group writes is at that same
         index (so no iteration reads another's), and no statement writes a scalar or
-        scatters into rows given by data (embedding's ids[n]). Loops of BLAS calls stay serial:
-        prange over multi-head attention's per-(b, h) GEMMs with a one-thread MKL gained 3-7%,
-        within the noise, and nests two thread pools when the BLAS has threads of its own."""
-        if self.parallel_min is None or not group or not group[0].order:
+        scatters into rows given by data (embedding's ids[n]). A batched run (`batch_run`, which
+        checked the same of its products and loops) runs its products on one thread each."""
+        if self.parallel_min is None or not group:
             return
-        if len(group) == 1 and not group[0].expr.has(sp.Sum, MaxOver) and \
+        dots = [st for st in group if isinstance(st, Dot)]
+        if dots:
+            v = dots[0].batch[0]
+        elif not group[0].order:
+            return
+        elif len(group) == 1 and not group[0].expr.has(sp.Sum, MaxOver) and \
                 not _costly_calls(group[0].expr):
             # one pass of plain arithmetic (a bias add, a copy): bound by
             # memory, it gained nothing from a second thread (linear's bias add beside its GEMM:
             # 1.03x slower), and each prange loop adds about 1.5 s to the first compile
             return
-        v = group[0].order[0][0]
-        targets = {st.target for st in group}
-        for st in group:
+        else:
+            v = group[0].order[0][0]
+        targets = set() if dots else {st.target for st in group}
+        for st in [] if dots else group:
             if not st.order or st.order[0][0] != v or not st.write or sp.sympify(st.write[0]) != v:
                 return
             if any(not isinstance(sp.sympify(i), sp.Symbol) for i in st.write):
@@ -631,6 +714,9 @@ class KernelWriter:
 
         total = sp.Integer(0)
         for st in group:
+            if isinstance(st, Dot):  # a product: its multiply-adds
+                total += sp.Mul(*[ext(v) for v in (*st.batch, *st.M, *st.N, *st.K)])
+                continue
             loops = [v for v, _, _ in st.order]
             total += sp.Mul(*[ext(v) for v in loops]) * (1 + 4 * calls(st.expr))
             for r in st.expr.atoms(sp.Sum, MaxOver):

@@ -9,6 +9,8 @@ scale of the inputs), so a gradient that is mathematically 0 is compared absolut
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -151,7 +153,9 @@ def test_attention_backward_shares_dS_between_dq_and_dk():
     if "attention" not in BUILTINS:
         pytest.skip("derive provides no attention")
     backward = compiled.kernels("attention", "float64").source.split("_backward(")[1]
-    assert backward.count("gemm(") == 4  # dP, dq, dk, dv: dS is computed once
+    # the parallel and the serial copy of a batched loop print the same products
+    products = {line.strip() for line in backward.splitlines() if re.match(r"\s*gemm1?\(", line)}
+    assert len(products) == 4, products  # dP, dq, dk, dv: dS is computed once
 
 
 def test_elementwise_update_may_write_in_place():
