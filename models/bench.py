@@ -65,89 +65,87 @@ def parse_peers(s: str) -> tuple:
 # --- the GEMM floor ----------------------------------------------------------------------------
 def floor_gemms(cfg, batch: int) -> list:
     """The matrix products of one training step of the GPT: (name, M, K, N, trans_a, trans_b,
-    count), out[M, N] = op(a)[M, K] @ op(b)[K, N], op = transpose where the flag is set (the
-    operand is stored transposed, as the kernels' `x.T` / `W.T` views are).
+    count, one_thread), out[M, N] = op(a)[M, K] @ op(b)[K, N], op = transpose where the flag is
+    set (the operand is stored transposed, as the kernels' `x.T` / `W.T` views are); one_thread:
+    the kernels run these per sequence, each on one thread, sequences in parallel (attention's
+    batched loops, compiled/writer.py), the others one call at a time on MKL's threads.
 
     NOTE: this list restates the GPT's architecture (models/gpt.py: per block a qkv linear
     C->3C, the attention projection C->C, the MLP's fc C->4C and proj 4C->C, causal attention
-    per (batch*head); the lm_head C->V) and the GEMMs its kernels issue (the linear and
-    attention kernels' np.dot calls). It should later come from models/gpt.py itself (e.g. a
-    `GPT.gemms(batch)` next to the modules that own the shapes) so that it cannot drift."""
+    per (batch*head); the lm_head C->V) and the GEMMs its kernels issue. It should later come
+    from the printed step itself (each kernel's products, bound to the plan's shapes) so that it
+    cannot drift."""
     C, T, H, V, L = cfg.n_embd, cfg.block_size, cfg.n_head, cfg.vocab_size, cfg.n_layer
     R, D, BH = batch * T, cfg.n_embd // cfg.n_head, batch * cfg.n_head
     out = []
     linears = [("qkv", C, 3 * C, L), ("attn_proj", C, C, L), ("mlp_fc", C, 4 * C, L),
                ("mlp_proj", 4 * C, C, L), ("lm_head", C, V, 1)]
     for name, n_in, n_out, count in linears:
-        out += [(f"{name} fwd x@W", R, n_in, n_out, False, False, count),
-                (f"{name} dX g@W.T", R, n_out, n_in, False, True, count),
-                (f"{name} dW x.T@g", n_in, R, n_out, True, False, count)]
+        out += [(f"{name} fwd x@W", R, n_in, n_out, False, False, count, False),
+                (f"{name} dX g@W.T", R, n_out, n_in, False, True, count, False),
+                (f"{name} dW x.T@g", n_in, R, n_out, True, False, count, False)]
     n = BH * L  # per (batch*head), in each block
-    out += [("attn S=q@k.T", T, D, T, False, True, n),
-            ("attn y=P@v", T, T, D, False, False, n),
-            ("attn gP=g@v.T", T, D, T, False, True, n),
-            ("attn gv=P.T@g", T, T, D, True, False, n),
-            ("attn gq=gS@k", T, T, D, False, False, n),
-            ("attn gk=gS.T@q", T, T, D, True, False, n)]
+    out += [("attn S=q@k.T", T, D, T, False, True, n, True),
+            ("attn y=P@v", T, T, D, False, False, n, True),
+            ("attn gP=g@v.T", T, D, T, False, True, n, True),
+            ("attn gv=P.T@g", T, T, D, True, False, n, True),
+            ("attn gq=gS@k", T, T, D, False, False, n, True),
+            ("attn gk=gS.T@q", T, T, D, True, False, n, True)]
     return out
 
 
 def matmul_flops(gemms) -> int:
-    return sum(2 * M * K * N * count for _, M, K, N, _, _, count in gemms)
-
-
-_GEMM = None
+    return sum(2 * g[1] * g[2] * g[3] * g[6] for g in gemms)
 
 
 def gemm_routine():
-    """(gemm, name): the njit matrix product `gemm(a, b, out)` the kernels call, the one switch.
-
-    `compiled.blas.gemm` where that module exists (it calls MKL when present), else `np.dot(a,
-    b, out)` inside njit, which is what the printed kernels call today (SciPy's OpenBLAS)."""
-    global _GEMM
-    if _GEMM is None:
-        try:
-            from compiled import blas
-            from compiled.blas import gemm
-            backend = getattr(blas, "backend", None)
-            _GEMM = (gemm, "compiled.blas.gemm" + (f" ({backend()})" if backend else ""))
-        except ImportError:
-            import numba
-
-            @numba.njit
-            def gemm(a, b, out):
-                np.dot(a, b, out)
-
-            _GEMM = (gemm, "np.dot in njit (SciPy's OpenBLAS)")
-    return _GEMM
+    """(gemm, name): the matrix product the kernels call (compiled/blas.py), the one switch."""
+    from compiled import blas
+    return blas.gemm, f"compiled.blas.gemm ({blas.backend()})"
 
 
 _FLOOR = None
 
 
 def _floor_kernel():
-    """The njit function doing a table's GEMMs back to back (compiled once per process)."""
+    """The njit function doing a table's GEMMs back to back (compiled once per process): each
+    run of one-thread rows as the kernels do them, in parallel, one product per thread."""
     global _FLOOR
     if _FLOOR is None:
         import numba
-
-        gemm, _ = gemm_routine()
+        from compiled.blas import gemm, gemm1
 
         @numba.njit
-        def floor(A, B, O, table):
-            for r in range(table.shape[0]):
-                M, K, N, ta, tb = table[r, 0], table[r, 1], table[r, 2], table[r, 3], table[r, 4]
-                oa, ob, oo = table[r, 5], table[r, 6], table[r, 7]
-                a, b = A[oa:oa + M * K], B[ob:ob + K * N]
-                out = O[oo:oo + M * N].reshape(M, N)
-                if ta == 0 and tb == 0:
-                    gemm(a.reshape(M, K), b.reshape(K, N), out)
-                elif ta == 0:
-                    gemm(a.reshape(M, K), b.reshape(N, K).T, out)
-                elif tb == 0:
-                    gemm(a.reshape(K, M).T, b.reshape(K, N), out)
+        def mm(a, b, out, one):
+            if one:
+                gemm1(a, b, out)
+            else:
+                gemm(a, b, out)
+
+        @numba.njit
+        def product(A, B, O, row, one):
+            M, K, N, ta, tb, oa, ob, oo = row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7]
+            a, b = A[oa:oa + M * K], B[ob:ob + K * N]
+            out = O[oo:oo + M * N].reshape(M, N)
+            if ta == 0 and tb == 0:  # one call per layout: each operand's type stays contiguous
+                mm(a.reshape(M, K), b.reshape(K, N), out, one)
+            elif ta == 0:
+                mm(a.reshape(M, K), b.reshape(N, K).T, out, one)
+            elif tb == 0:
+                mm(a.reshape(K, M).T, b.reshape(K, N), out, one)
+            else:
+                mm(a.reshape(K, M).T, b.reshape(N, K).T, out, one)
+
+        @numba.njit(parallel=True)
+        def floor(A, B, O, table, runs):
+            for r in range(runs.shape[0]):
+                lo, hi, one = runs[r, 0], runs[r, 1], runs[r, 2]
+                if one and numba.get_num_threads() > 1:
+                    for i in numba.prange(lo, hi):
+                        product(A, B, O, table[i], True)
                 else:
-                    gemm(a.reshape(K, M).T, b.reshape(N, K).T, out)
+                    for i in range(lo, hi):
+                        product(A, B, O, table[i], one)
 
         _FLOOR = floor
     return _FLOOR
@@ -157,19 +155,21 @@ def build_floor(gemms, dtype="float32"):
     """A `run()` doing every GEMM in `gemms` once, back to back inside one njit function, on
     preallocated buffers (one set per call, as the step's activations are distinct arrays)."""
     kernel = _floor_kernel()
-    rows, sa, sb, so = [], 0, 0, 0
-    for _, M, K, N, ta, tb, count in gemms:
+    rows, runs, sa, sb, so = [], [], 0, 0, 0
+    for _, M, K, N, ta, tb, count, one in gemms:
+        runs.append((len(rows), len(rows) + count, int(one)))
         for _ in range(count):
             rows.append((M, K, N, int(ta), int(tb), sa, sb, so))
             sa, sb, so = sa + M * K, sb + K * N, so + M * N
     table = np.array(rows, dtype=np.int64)
+    runs = np.array(runs, dtype=np.int64)
     rng = np.random.default_rng(0)
     A = (rng.random(sa, dtype=np.float32) - 0.5).astype(dtype)
     B = (rng.random(sb, dtype=np.float32) - 0.5).astype(dtype)
     O = np.zeros(so, dtype=dtype)
 
     def run():
-        kernel(A, B, O, table)
+        kernel(A, B, O, table, runs)
 
     run.buffers = (A, B, O, table)  # for tests: the operands and results, flat, and the table
     run.nbytes = A.nbytes + B.nbytes + O.nbytes
@@ -448,7 +448,7 @@ def _run(a, peers, n_load, cfg, batch, memory):
            "peers": {},
            "floor_ms": fl, "floor_ms_per_round": ms["floor"], "floor_mfu": mfu(fl),
            "symgrad_over_floor": sg / fl, "floor_gemm": gemm_routine()[1],
-           "floor_gemm_calls": sum(g[-1] for g in gemms),
+           "floor_gemm_calls": sum(g[6] for g in gemms),
            "matmul_gflop_per_step": flops / 1e9,
            "sgemm_peak_gflops": peak, "sgemm_peak_shape": list(PEAK_SHAPE),
            "mfu_counts": "matmul FLOPs only (2*M*K*N per GEMM of floor_gemms), over the sgemm peak "

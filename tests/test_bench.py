@@ -51,20 +51,20 @@ class _Ref:  # the reference config's shapes, without importing models.gpt
 def test_floor_gemms_of_the_reference_step():
     g = bench.floor_gemms(_Ref, 12)
     assert bench.matmul_flops(g) == 3_964_207_104  # 3.96 GFLOP in matmuls (notes/performance-baseline)
-    assert sum(c for *_, c in g) == 4 * 4 * 3 + 3 + 12 * 4 * 4 * 6
-    assert ("qkv fwd x@W", 768, 128, 384, False, False, 4) in g
-    assert ("mlp_proj dW x.T@g", 512, 768, 128, True, False, 4) in g
-    assert ("lm_head dX g@W.T", 768, 65, 128, False, True, 1) in g
-    assert ("attn gk=gS.T@q", 64, 64, 32, True, False, 192) in g
+    assert sum(x[6] for x in g) == 4 * 4 * 3 + 3 + 12 * 4 * 4 * 6
+    assert ("qkv fwd x@W", 768, 128, 384, False, False, 4, False) in g
+    assert ("mlp_proj dW x.T@g", 512, 768, 128, True, False, 4, False) in g
+    assert ("lm_head dX g@W.T", 768, 65, 128, False, True, 1, False) in g
+    assert ("attn gk=gS.T@q", 64, 64, 32, True, False, 192, True) in g  # per sequence, one thread each
 
 
 def test_floor_computes_the_listed_products():
-    gemms = [("nn", 3, 4, 5, False, False, 2), ("nt", 2, 3, 4, False, True, 1),
-             ("tn", 4, 3, 2, True, False, 1), ("tt", 3, 2, 5, True, True, 1)]
+    gemms = [("nn", 3, 4, 5, False, False, 2, False), ("nt", 2, 3, 4, False, True, 1, False),
+             ("tn", 4, 3, 2, True, False, 3, True), ("tt", 3, 2, 5, True, True, 1, False)]
     run = bench.build_floor(gemms)
     run()
     A, B, O, table = run.buffers
-    assert len(table) == 5
+    assert len(table) == 7
     for M, K, N, ta, tb, oa, ob, oo in table:
         a = A[oa:oa + M * K].reshape((K, M) if ta else (M, K))
         b = B[ob:ob + K * N].reshape((N, K) if tb else (K, N))
