@@ -8,6 +8,7 @@ it is what the compiled kernels and hand-derived gradients are checked against.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -101,10 +102,10 @@ def _ev(e, env: _Env):
         a, b = _ev(e.lhs, env), _ev(e.rhs, env)
         return {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
                 "==": np.equal, "!=": np.not_equal}[e.rel_op](a, b)
-    if isinstance(e, sp.And):
-        return np.logical_and.reduce([np.asarray(_ev(a, env)) for a in e.args])
+    if isinstance(e, sp.And):  # pairwise, broadcasting (operands over different indices)
+        return functools.reduce(np.logical_and, [np.asarray(_ev(a, env)) for a in e.args])
     if isinstance(e, sp.Or):
-        return np.logical_or.reduce([np.asarray(_ev(a, env)) for a in e.args])
+        return functools.reduce(np.logical_or, [np.asarray(_ev(a, env)) for a in e.args])
     if isinstance(e, sp.Not):
         return np.logical_not(_ev(e.args[0], env))
     if e is sp.true:
@@ -113,10 +114,14 @@ def _ev(e, env: _Env):
         return False
     if e.func in _UNARY:
         return _UNARY[e.func](np.asarray(_ev(e.args[0], env), dtype=np.float64))
-    if isinstance(e, sp.Max):
-        return np.maximum.reduce([np.asarray(_ev(a, env), dtype=np.float64) for a in e.args])
-    if isinstance(e, sp.Min):
-        return np.minimum.reduce([np.asarray(_ev(a, env), dtype=np.float64) for a in e.args])
+    if isinstance(e, sp.Heaviside):  # SymPy's derivative of Max/Abs: H0 (1/2 unless given) at 0
+        h0 = e.args[1] if len(e.args) > 1 else sp.S.Half
+        return np.heaviside(np.asarray(_ev(e.args[0], env), dtype=np.float64), float(h0))
+    if isinstance(e, sp.DiracDelta):  # the derivative of a step: 0 almost everywhere
+        return np.zeros_like(np.asarray(_ev(e.args[0], env), dtype=np.float64))
+    if isinstance(e, (sp.Max, sp.Min)):  # pairwise, broadcasting: max(x[i], 0) is an array and a number
+        op = np.maximum if isinstance(e, sp.Max) else np.minimum
+        return functools.reduce(op, [np.asarray(_ev(a, env), dtype=np.float64) for a in e.args])
     raise DeriveError("reference", f"the reference evaluator cannot evaluate {e.func.__name__}: {e}")
 
 

@@ -30,9 +30,6 @@ WINDOW_RECURSION = ("compile: RecursionError",
 KNOWN = {
     7: WINDOW_RECURSION,
     22: WINDOW_RECURSION,
-    31: ("reference: ValueError: setting an array element with a sequence",
-         "new, derive/reference.py: sp.Max(x[i], 0) (ReLU) is evaluated by np.maximum.reduce over "
-         "arrays of different shapes: ValueError (the sp.Max family of #11 item 3)"),
     33: (r"backward: TypingError: .*getitem\(array\(float64, 1d, C\), float64\)",
          "new, compiled/: the backward of an in-range window x[i + k] computes the index of w as "
          "t = F(i) - F(l), a float: Numba TypingError (the offsets of #11 item 2)"),
