@@ -4,9 +4,15 @@
     >>> d = derive.layer("softmax")
     >>> print(d.grad("x"))          # dx[i,j] = s[i,j]*(g[i,j] - Sum(g[i,j']*s[i,j']))
 
-Public API: `layers()`, `layer(name)`, `define(name, build)`, `Graph`, `Derivation`,
-`DeriveError`, `verify(target, wrt, candidate)` for hand-derived gradients, and the float64
-NumPy reference evaluator `derive.reference`.
+Public API: `layers()`, `layer(name)`, `define(name, build, budget=, progress=)`, `Graph`,
+`Derivation`, `DeriveError`, `verify(target, wrt, candidate)` for hand-derived gradients, and the
+float64 NumPy reference evaluator `derive.reference`.
+
+What a definition that derives is promised (else a one-line DeriveError naming the layer and the
+term): every index it and its gradients read is proved in range (derive.indices); the backward
+reads only arguments, saved bindings and upstream gradients and binds every index it uses
+(derivation.check_backward); the names derive makes up never collide with the layer's
+(derive.names); it finishes within its time budget (derive.budget).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import time
 
 from . import cache, registry
+from .budget import Budget
 from .derivation import Derivation, derive_graph
 from .errors import DeriveError
 from .functions import Iverson, MaxOver
@@ -39,17 +46,23 @@ def layer(name: str) -> Derivation:
     return _cache[name]
 
 
-def define(name: str, build) -> Derivation:
+def define(name: str, build, budget: float | None = None, progress=None) -> Derivation:
     """Derive a new layer from its forward definition alone.
 
     `build(G)` receives an empty `Graph` named `name` and declares dims, arguments, indices,
     bindings and outputs on it (see `derive.graph`). Nothing about the gradient is given.
+
+    `budget`: seconds the derivation may take (default `$SYMGRAD_DERIVE_BUDGET`, else 60; 0: no
+    limit); past it a DeriveError names the binding it was at. `progress`: None prints a line per
+    step to stderr once it has run 5 s, False is silent, a callable gets
+    `(layer, binding, stage, seconds)` at every step (see derive.budget).
     """
     graph = Graph(name, (build.__doc__ or "").strip())
     build(graph)
     if not graph.outputs:
         raise DeriveError(name, "the definition declares no output (call G.output(...))")
-    return derive_graph(graph)
+    with Budget(name, budget, progress):
+        return derive_graph(graph)
 
 
 def derive_all() -> dict[str, float]:

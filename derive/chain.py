@@ -17,34 +17,32 @@ from collections import defaultdict
 
 import sympy as sp
 
-from . import deltas
+from . import budget, deltas
 from .errors import DeriveError
 from .fold import fold, fold_definitions, reads
 from .functions import NoDerivative
 from .graph import Graph, Tensor
+from .names import Names
 from .steps import Step
 
 _TARGET_POOL = "p q r t u v w".split()
 
 
 def upstream_name(graph: Graph, name: str) -> str:
-    """The upstream gradient a caller passes for output `name`: `g`, or `g_<name>` for several."""
-    return "g" if len(graph.outputs) == 1 else f"g_{name}"
+    """The upstream gradient a caller passes for output `name`: `g`, or `g_<name>` for several
+    (mangled where the layer has a name like it: see derive.names)."""
+    return Names.of(graph).upstream[name]
 
 
 def adjoint_name(graph: Graph, name: str) -> str:
     """The total adjoint of a binding: the upstream gradient itself for an output that nothing
     else reads, otherwise `g_<name>` (`gtotal_<name>` where that is an upstream name)."""
-    outputs = {o.name for o in graph.outputs}
-    consumed = any(reads(b.expr, graph.tensor(name)) for b in graph.bindings if b.name != name)
-    if name in outputs and not consumed:
-        return upstream_name(graph, name)
-    n = f"g_{name}"
-    return f"gtotal_{name}" if n in {upstream_name(graph, o) for o in outputs} else n
+    return Names.of(graph).adjoint[name]
 
 
-def grad_name(name: str) -> str:
-    return f"d{name}"
+def grad_name(graph: Graph, name: str) -> str:
+    """The gradient of argument `name`: `d<name>`, mangled where the layer has that name."""
+    return Names.of(graph).grad[name]
 
 
 def _target_indices(graph: Graph, t: Tensor):
@@ -78,10 +76,11 @@ class ChainRule:
         self.adjoint = {}  # tensor name -> expression in its target indices, reading consumers' g_*
         self.folded = {}  # binding name -> its adjoint through the saved bindings (see through_unsaved)
         self.raw = {}  # argument name -> its adjoint as the chain rule gives it (reads consumers' g_*)
+        self.names = Names.of(graph)  # upstream, gradient and adjoint names (derive.names)
 
     def adj_ref(self, name, idx, base=None):
         t = self.g.tensor(name)
-        base = base or adjoint_name(self.g, name)
+        base = base or self.names.adjoint[name]
         return sp.Symbol(base, real=True) if not t.shape else sp.IndexedBase(base, real=True)[tuple(idx)]
 
     # --- one edge of the chain rule -------------------------------------------------------
@@ -95,6 +94,11 @@ class ChainRule:
         except NoDerivative as e:
             raise DeriveError(self.g.name, f"{e} (binding '{b.name}' = {b.expr})") from None
         _ensure_derivable(self.g, f"binding '{b.name}'", partial)
+        # b's own value at its own indices first (d exp(u)/du = exp(u) is b[i, j]): a binding
+        # that ignores one of its indices (h[i,j] = exp(w[j])) then still reads as h[i,j] under
+        # the sum over i, where folding exp(w[q]) later could not tell which h[?, q]
+        if body.args and not isinstance(body, sp.Indexed):
+            partial = partial.xreplace({body: b.tensor.ref([renamed[i] for i in b.indices])})
         partial = fold_definitions(deltas.piecewise_to_iverson(partial), self.g)
         self.steps.append(self.partial_step(b, t))
         term = self.adj_ref(b.name, [renamed[i] for i in b.indices]) * partial
@@ -109,7 +113,10 @@ class ChainRule:
         names = [n for n in _TARGET_POOL if n not in used] + [f"p{i}" for i in range(9)]
         at = tuple(sp.Symbol(n, integer=True) for n in names[: len(t.shape)])
         target = t.ref(at)
-        shown = fold_definitions(deltas.piecewise_to_iverson(sp.diff(b.expr, target)), self.g)
+        shown = sp.diff(b.expr, target)
+        if b.expr.args and not isinstance(b.expr, sp.Indexed):
+            shown = shown.xreplace({b.expr: b.lhs})
+        shown = fold_definitions(deltas.piecewise_to_iverson(shown), self.g)
         return Step("partial", b.name, sp.Derivative(b.lhs, target), self.named(shown))
 
     def named(self, expr):
@@ -126,12 +133,13 @@ class ChainRule:
         contrib = defaultdict(list)
         for out in g.outputs:
             contrib[out.name].append(self.adj_ref(out.name, self.tidx[out.name],
-                                                  upstream_name(g, out.name)))
+                                                  self.names.upstream[out.name]))
         for b in reversed(g.bindings):
             if b.name not in contrib or b.stop_gradient:
                 continue
+            budget.at(b.name, "chain rule")
             self.adjoint[b.name] = sp.Add(*contrib[b.name])
-            if adjoint_name(g, b.name) != upstream_name(g, b.name) or len(contrib[b.name]) > 1:
+            if self.names.adjoint[b.name] != self.names.upstream.get(b.name) or len(contrib[b.name]) > 1:
                 self.steps.append(Step("chain", b.name, self.adj_ref(b.name, self.tidx[b.name]),
                                        self.named(self.adjoint[b.name])))
                 self.through_unsaved(b)
@@ -149,6 +157,7 @@ class ChainRule:
             if t.name not in contrib:
                 grads[t.name] = sp.Integer(0)
                 continue
+            budget.at(t.name, "gradient")
             raw = sp.Add(*contrib[t.name])
             self.steps.append(Step("chain", t.name, self.adj_ref(t.name, self.tidx[t.name]),
                                    self.named(raw)))
@@ -162,7 +171,7 @@ class ChainRule:
     # --- the backward program the kernels compute ---------------------------------------------
     def uses(self):
         """binding -> the arguments whose gradient reads its adjoint (directly or through others)."""
-        names = {adjoint_name(self.g, b): b for b in self.adjoint}
+        names = {self.names.adjoint[b]: b for b in self.adjoint}
 
         def refs(expr):
             out = {names[_label(a)] for a in expr.atoms(sp.Indexed) if _label(a) in names}
@@ -186,12 +195,12 @@ class ChainRule:
         the gradients of two or more arguments read it and no binding it reads is read by exactly
         the same ones (so the one nearest the arguments: attention's g_S, an LSTM's g_z, the
         multi-head q, k, v); every other adjoint is inlined. Returns [(name, indices, expr)],
-        intermediates first; each gradient is named d<argument>."""
+        intermediates first; each gradient is named d<argument> (see derive.names)."""
         g, uses = self.g, self.uses()
-        upstream = {upstream_name(g, o.name) for o in g.outputs}
+        upstream = set(self.names.upstream.values())
         keep = []
         for b in g.bindings:
-            if len(uses[b.name]) < 2 or adjoint_name(g, b.name) in upstream:
+            if len(uses[b.name]) < 2 or self.names.adjoint[b.name] in upstream:
                 continue
             below = [c for c in uses if c != b.name and reads(b.expr, g.tensor(c))]
             if all(uses[c] != uses[b.name] for c in below):
@@ -199,14 +208,16 @@ class ChainRule:
         inline_only = set(self.adjoint) - set(keep)
         eqs = []
         for name in reversed(keep):  # readers (later bindings) first
+            budget.at(name, "backward program")
             expr = fold(self.inline(self.adjoint[name], name, only=inline_only), g)
-            eqs.append((adjoint_name(g, name), self.tidx[name], self.named(expr)))
+            eqs.append((self.names.adjoint[name], self.tidx[name], self.named(expr)))
         for arg, raw in self.raw.items():
             if any(arg in uses[k] for k in keep):
+                budget.at(arg, "backward program")
                 expr = self.named(fold(self.inline(raw, arg, only=inline_only), g))
             else:
                 expr = grads[arg]  # reads no kept adjoint: the same as the inlined gradient
-            eqs.append((grad_name(arg), self.tidx[arg], expr))
+            eqs.append((self.names.grad[arg], self.tidx[arg], expr))
         return eqs
 
     def through_unsaved(self, b):
@@ -225,16 +236,16 @@ class ChainRule:
 
     def grad_lhs(self, t: Tensor):
         idx = self.tidx[t.name]
-        return sp.Symbol(grad_name(t.name), real=True) if not t.shape \
-            else sp.IndexedBase(grad_name(t.name), real=True)[idx]
+        name = self.names.grad[t.name]
+        return sp.Symbol(name, real=True) if not t.shape else sp.IndexedBase(name, real=True)[idx]
 
     def inline(self, expr, target, only=None):
         """Replace every intermediate adjoint g_B[..] (of B in `only`, if given) by its own
         (inlined) expression."""
-        names = {adjoint_name(self.g, b): b for b in self.adjoint
-                 if (adjoint_name(self.g, b) != upstream_name(self.g, b) or
-                     b not in {o.name for o in self.g.outputs}) and (only is None or b in only)}
+        names = {self.names.adjoint[b]: b for b in self.adjoint
+                 if self.names.adjoint[b] != self.names.upstream.get(b) and (only is None or b in only)}
         for _ in range(len(self.g.bindings) + 1):
+            budget.check()
             hits = [a for a in expr.atoms(sp.Indexed) if _label(a) in names]
             hits += [a for a in expr.free_symbols if isinstance(a, sp.Symbol) and a.name in names
                      and not self.g.tensor(names[a.name]).shape]

@@ -9,9 +9,11 @@ to the binding's name (exp(S - m)[j <= i] -> e, sum_k x[i,k] -> C*mean[i]).
 
 from __future__ import annotations
 
+import functools
+
 import sympy as sp
 
-from . import deltas
+from . import budget, deltas
 from .errors import DeriveError
 from .functions import MaxOver
 from .graph import Graph, Tensor
@@ -51,13 +53,26 @@ def tidy(expr, refold=lambda e: e):
     e.g. softmax's z) and as-is with constant factors moved out of sums (where expansion would
     only add terms and lose the factored form, e.g. attention's P (g_P - sum_l P g_P)). `refold`
     is applied to both before they are compared (layernorm's sum_k x[i,k] -> C mean[i] only shows
-    in the distributed form)."""
+    in the distributed form).
+
+    The distributed form is skipped where it would have more than EXPAND_MAX_TERMS terms: a deep
+    elementwise nesting distributes into thousands of terms that factor back to the kept form
+    (tanh(sin(e) e + exp(-e^2)) nested 3 deep: 47,561 nodes from 1,685, 8 s a call)."""
+    budget.check()
+    kept = sp.factor_terms(refold(expr.replace(lambda e: isinstance(e, sp.Sum),
+                                               lambda e: deltas.make_sum(e.function, e.limits))))
+    if deltas.distributed_terms(expr) > EXPAND_MAX_TERMS:
+        return kept
+    budget.check()
     expanded = sp.expand_mul(sp.expand_multinomial(expr))
     expanded = expanded.replace(lambda e: isinstance(e, sp.Sum), _tidy_sum)
     expanded = sp.factor_terms(refold(sp.powsimp(expanded, combine="exp")))
-    kept = sp.factor_terms(refold(expr.replace(lambda e: isinstance(e, sp.Sum),
-                                               lambda e: deltas.make_sum(e.function, e.limits))))
     return min((kept, expanded), key=sp.count_ops)  # a tie keeps the unexpanded form
+
+
+# Measured over the built-in layers: the distributed form won only where it had at most 5 terms
+# (sigmoid, layernorm, cross_entropy); the largest distributed form tried had 17 (lstm_cell).
+EXPAND_MAX_TERMS = deltas.EXPAND_MAX_TERMS
 
 
 def _tidy_sum(s):
@@ -74,12 +89,70 @@ def _solve_for(graph, saved, unsaved_name, expr):
     if len(set(r.indices)) != len(r.indices) or not all(isinstance(i, sp.Symbol) for i in r.indices) \
             or not set(saved.indices) <= set(r.indices):
         return None
-    unknown = sp.Dummy("u", real=True)
-    sols = sp.solve(sp.Eq(saved.lhs, saved.expr.xreplace({r: unknown})), unknown)
+    sols = _solutions(saved.lhs, saved.expr.xreplace({r: _UNKNOWN}))
     if len(sols) != 1:
         return None
     sol = sols[0]
     return replace_reads(expr, unsaved_name, lambda idx: sol.xreplace(dict(zip(r.indices, idx))))
+
+
+def _shape(e, memo):
+    """A hash of e's tree with index expressions and argument order left out: a cheap filter
+    before the substitution that decides (two expressions equal up to indices have one shape)."""
+    if e not in memo:
+        if isinstance(e, sp.Indexed):
+            memo[e] = hash(("read", e.base.label))
+        elif isinstance(e, sp.Symbol) and e.is_integer:
+            memo[e] = hash("index")
+        elif not e.args:
+            memo[e] = hash(e)
+        else:
+            memo[e] = hash((e.func, tuple(sorted(_shape(a, memo) for a in e.args))))
+    return memo[e]
+
+
+def instance(b, pattern, cand, memo=None):
+    """The indices idx at which `pattern` (b's definition or a factor of it) is `cand`, or None.
+
+    The indices are read off cand's tensor reads at the positions where the pattern reads b's
+    own indices, then checked by substituting them (one xreplace and a comparison: matching with
+    Wilds tried every subexpression and took minutes on deep nestings). None also where cand does
+    not determine every index: h[i,j] = exp(w[j]) says nothing about i, and folding exp(w[q])
+    into h[?, q] would leave a dangling index. `memo` (a dict kept over one pass) enables the
+    shape filter."""
+    if cand.func is not pattern.func or (memo is not None and _shape(cand, memo) != _shape(pattern, memo)):
+        return None
+    reads_ = {}
+    for ix in cand.atoms(sp.Indexed):
+        reads_.setdefault(ix.base.label, []).append(ix)
+    for r in pattern.atoms(sp.Indexed):
+        for c in reads_.get(r.base.label, ()):
+            m = {}
+            for pi, ci in zip(r.indices, c.indices):
+                if pi in b.indices and m.setdefault(pi, ci) != ci:
+                    break
+            else:
+                if set(m) == set(b.indices) and pattern.xreplace(m) == cand:
+                    return tuple(m[i] for i in b.indices)
+    return None
+
+
+_UNKNOWN = sp.Dummy("u", real=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def _solutions(lhs, rhs) -> tuple:
+    """The solutions u of lhs = rhs(u), or () where SymPy has no closed form.
+
+    Solved only where that can succeed quickly: u read once (s = e/z, g = (1 + t)/2: an inverse
+    chain) or rhs a rational function of u. tanh(u)/(u^2 + 1) = s went through Lambert-W
+    attempts for seconds and found nothing; each fold asked again (now cached)."""
+    if rhs.count(_UNKNOWN) > 1 and not rhs.is_rational_function(_UNKNOWN):
+        return ()
+    try:
+        return tuple(sp.solve(sp.Eq(lhs, rhs), _UNKNOWN))
+    except NotImplementedError:  # s = t + sin(t): no closed form; fold by inlining instead
+        return ()
 
 
 def fold_definitions(expr, graph: Graph, skip=frozenset()):
@@ -88,11 +161,10 @@ def fold_definitions(expr, graph: Graph, skip=frozenset()):
     for b in reversed(graph.bindings):
         if not b.indices or b.expr.atoms(sp.Sum, MaxOver) or b.name in skip:
             continue
-        wild = {i: sp.Wild(f"w_{i}") for i in b.indices}
         if isinstance(b.expr, sp.Function):
-            expr = expr.replace(b.expr.xreplace(wild), b.tensor.ref([wild[i] for i in b.indices]))
+            expr = _fold_function(expr, b)
         elif isinstance(b.expr, sp.Mul):
-            expr = _fold_product(expr, b, wild)
+            expr = _fold_product(expr, b)
     for b in reversed(graph.bindings):
         if b.save:
             expr = _fold_sum_definition(expr, b)
@@ -121,26 +193,38 @@ def _fold_power(expr, b):
     return expr.replace(lambda p: match(p) is not None, match)
 
 
-def _fold_product(expr, b, wild):
+def _fold_function(expr, b):
+    """Replace every occurrence of b's function-valued definition, at any indices, by b."""
+    found, memo = {}, {}
+
+    def hit(e):
+        found[e] = instance(b, b.expr, e, memo)
+        return found[e] is not None
+
+    return expr.replace(hit, lambda e: b.tensor.ref(found[e]))
+
+
+def _fold_product(expr, b):
     """Replace the factors of a product-valued definition found inside any product of expr
     (attention's e = exp(S - m) [j <= i] inside g_S = g_e exp(S - m) [j <= i])."""
-    factors = sp.Mul.make_args(b.expr.xreplace(wild))
+    factors = sp.Mul.make_args(b.expr)
     lead = max(factors, key=lambda f: len(f.free_symbols))
+    memo = {}
 
     def fold_mul(m):
         args = list(sp.Mul.make_args(m))
         for cand in args:
-            binding = cand.match(lead)
-            if not binding or not all(w in binding for w in wild.values()):
+            idx = instance(b, lead, cand, memo)
+            if idx is None:
                 continue
-            need = [f.xreplace(binding) for f in factors]
+            at = dict(zip(b.indices, idx))
             rest = list(args)
             try:
-                for f in need:
-                    rest.remove(f)
+                for f in factors:
+                    rest.remove(f.xreplace(at))
             except ValueError:
                 continue
-            return sp.Mul(*rest) * b.tensor.ref([binding[wild[i]] for i in b.indices])
+            return sp.Mul(*rest) * b.tensor.ref(idx)
         return m
 
     return expr.replace(lambda e: isinstance(e, sp.Mul), fold_mul)
@@ -153,21 +237,32 @@ def _fold_sum_definition(expr, b):
     if not isinstance(s, sp.Sum) or len(s.limits) != 1 or c == 0:
         return expr
     (v, lo, hi), = s.limits
+    memo, found = {}, {}
 
     def match(cand):
-        if not isinstance(cand, sp.Sum) or len(cand.limits) != 1:
+        if not isinstance(cand, sp.Sum) or len(cand.limits) != 1 or \
+                _shape(cand.function, memo) != _shape(s.function, memo):  # the cheap test first
             return None
         (v2, lo2, hi2), = cand.limits
         wild = {i: sp.Wild(f"w_{i}", exclude=[v2]) for i in b.indices}
         m = cand.function.match(s.function.xreplace({v: v2}).xreplace(wild))
         if m is None or any(w not in m for w in wild.values()):
             return None
-        if sp.simplify(lo.xreplace(wild).xreplace(m) - lo2) != 0 or \
-                sp.simplify(hi.xreplace(wild).xreplace(m) - hi2) != 0:
+        if not _equal(lo.xreplace(wild).xreplace(m), lo2) or not _equal(hi.xreplace(wild).xreplace(m), hi2):
             return None
         return b.tensor.ref([m[wild[i]] for i in b.indices]) / c
 
-    return expr.replace(lambda e: match(e) is not None, match)
+    def hit(e):
+        found[e] = match(e)
+        return found[e] is not None
+
+    return expr.replace(hit, lambda e: found[e])
+
+
+def _equal(a, b) -> bool:
+    """a == b as expressions of the dims (simplify only where expanding does not decide)."""
+    d = sp.expand(a - b)
+    return d == 0 or sp.simplify(d) == 0
 
 
 def denominators(expr) -> set:
@@ -190,10 +285,17 @@ def fold(expr, graph: Graph):
         return tidy(fold_definitions(e, graph, inlined), lambda x: fold_definitions(x, graph, inlined))
 
     expr = clean(expr)
+    done = None  # the latest form that reads no unsaved binding
     for _ in range(4 * len(graph.bindings) + 4):
+        budget.check()
         unsaved = referenced_bindings(expr, graph) - {b.name for b in saved}
         if not unsaved:
-            return clean(expr)
+            # one more pass can fold a definition that only the last tidy made verbatim
+            # (cos(x)/(x^2+1) of an unsaved t0): go on then, through the saved bindings
+            done, expr = expr, clean(expr)
+            if not referenced_bindings(expr, graph) - {b.name for b in saved}:
+                return expr
+            continue
         order = [b.name for b in graph.bindings]
         best = None  # (number of unsaved bindings left, expression)
         for name in unsaved:
@@ -216,4 +318,6 @@ def fold(expr, graph: Graph):
         inlined.add(name)
         scalar = not graph.tensor(name).shape
         expr = clean(replace_reads(expr, name, lambda idx: instantiate(graph, name, idx), scalar))
+    if done is not None:
+        return done
     raise DeriveError(graph.name, "folding onto saved bindings did not terminate")

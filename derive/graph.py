@@ -13,8 +13,10 @@ A layer is written once, forward only, with a `Graph` builder:
     G.output(s)
 
 Tensors are SymPy `IndexedBase`s with symbolic shapes; index symbols carry an extent (the
-range 0..extent-1 they run over); reductions are SymPy `Sum`s. Each binding is checked when it
-is made: every tensor is used with its rank, every plain index with the extent of its axis.
+range 0..extent-1 they run over; an extent may be an expression of the dims, W - K + 1);
+reductions are SymPy `Sum`s. Each binding is checked when it is made: every tensor is used with
+its rank, every plain index with the extent of its axis, and every index expression (an offset
+x[i + 1], a window x[i + k]) provably inside its axis (derive.indices).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from . import indices as indices_
 from .errors import DeriveError
 from .functions import MaxOver
 
@@ -212,3 +215,7 @@ class Graph:
                     all(s.name != str(x) for x in [*self.extents, *self.dims_]):
                 raise DeriveError(self.name, f"binding '{name}' reads {s}, which is not a declared index, "
                                              f"dim or scalar argument: in {expr}")
+        # offsets (x[i+1, j], x[n, c, i + k]) must provably stay inside the tensor: see indices
+        indices_.check_reads(self.name, f"binding '{name}'", expr, {i: self.extents[i] for i in indices},
+                             {t.name: t.shape for t in self.tensors()},
+                             {t.name for t in self.tensors() if not t.shape} | {str(d) for d in self.dims_})
