@@ -281,11 +281,11 @@ class Kernels:
             return o
         return None
 
-    def forward(self, **args):
+    def forward(self, /, **args):  # /: a layer may have an argument named self
         out = self._split_out(args)
         return self._fwd(args, out, self._fwd_extra)
 
-    def backward(self, **args):
+    def backward(self, /, **args):
         out = self._split_out(args)
         if out:
             out = {("d" + k if "d" + k in self.grad_names else k): v for k, v in out.items()}

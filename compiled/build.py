@@ -20,11 +20,13 @@ import sympy as sp
 
 from derive import steps
 from derive.derivation import lhs_of
+from derive.errors import DeriveError
 from derive.functions import Iverson, MaxOver
 
 from . import elementary
 from .blas import CACHE_TAG as BLAS_TAG, backend as blas_backend
 from .lower import Dot, Lowerer
+from .printer import no_rule
 from .version import GENERATOR_VERSION
 from .writer import KernelWriter, helper_imports, helper_source
 
@@ -233,7 +235,9 @@ class ModuleBuilder:
             arrays[b.name] = tuple(b.tensor.shape)
         low = Lowerer(dict(g.extents), arrays, blas=self.blas)
         for b in g.bindings:
-            low.lower(b.name, tuple(b.indices), pointwise(b.expr))
+            expr = pointwise(b.expr)
+            self.refuse_unprintable(b.name, expr)
+            low.lower(b.name, tuple(b.indices), expr)
         spec.elementwise_alias = self.alias_safe()
         spec.source = self.emit(spec, low, [(b.name, b.tensor.shape) for b in temps])
         return spec
@@ -274,6 +278,11 @@ class ModuleBuilder:
         d, g = self.d, self.g
         spec = KernelSpec(f"{self.fname}_backward")
         program = [(name, idx, pointwise(sp.sympify(e))) for name, idx, e in d.program]
+        # a gradient that is exactly 0 (an argument no output reads) has no program equation,
+        # but the backward still returns it, filled with zeros
+        listed = {name for name, _, _ in program}
+        program += [("d" + a, tuple(d.grad_indices[a]), sp.S.Zero) for a in d.grads
+                    if "d" + a not in listed]
         read = set()
         for _, _, e in program:
             read |= {str(ix.base.label) for ix in e.atoms(sp.Indexed)}
@@ -329,9 +338,19 @@ class ModuleBuilder:
                 temps.append((name, shape))
         low = Lowerer(extents, arrays, blas=self.blas)
         for name, idx, expr, shape in eqs:
+            self.refuse_unprintable(name, expr)
             low.lower(name, idx if shape else (), expr)
         spec.source = self.emit(spec, low, temps)
         return spec
+
+    def refuse_unprintable(self, term, expr):
+        """A DeriveError naming the layer, the term and the function, before any source is
+        printed, for a function no kernel can compute (erfinv, which derive's fold can bring
+        in by inverting a saved erf: Numba has no implementation of it)."""
+        bad = no_rule(expr)
+        if bad:
+            raise DeriveError(self.d.name, f"{term} needs {bad[0].func.__name__} ({bad[0]}), which "
+                                           f"the Numba kernels cannot compute")
 
     def _adjoint_shape(self, name):
         """The shape of an intermediate adjoint g_<binding> (or gtotal_<binding>)."""
@@ -371,16 +390,13 @@ class ModuleBuilder:
         lines = [JIT_PARALLEL if w.parallel else JIT, f"def {spec.func}({args}):"]
         doc = self.docstring(spec)
         lines.append(f'    """{doc}"""')
-        for name, shape in temps:
-            if name in w.scalarized:  # a row value, printed as a local of its row loop
+        # a scalar temporary (the adjoint of a scalar binding) is a plain local the body
+        # assigns; a row value is a local of its row loop: neither is allocated
+        for name, shape in [*temps, *((t.name, t.shape) for t in low.out.temps)]:
+            if name in w.scalarized or not shape:
                 continue
             shp = ", ".join(w_index(s, names) for s in shape)
             lines.append(f"    {names[name]} = np.empty(({shp},), F)")
-        for t in low.out.temps:
-            if t.name in w.scalarized:
-                continue
-            shp = ", ".join(w_index(s, names) for s in t.shape)
-            lines.append(f"    {names[t.name]} = np.empty(({shp},), F)")
         lines.extend(body.render(1))
         for r in spec.returns:
             if not any(line.strip().startswith(f"{names[r]} ") for line in lines):

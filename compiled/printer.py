@@ -23,6 +23,9 @@ _CALLS = {
     sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.sinh: "np.sinh",
     sp.cosh: "np.cosh", sp.sin: "np.sin", sp.cos: "np.cos", sp.atan: "np.arctan",
     sp.Abs: "np.abs", sp.sign: "np.sign", sp.erf: "math.erf", sp.sqrt: "np.sqrt",
+    # atan2(0, u): the derivative of Abs(sqrt(u)) for a real u (np.arctan2 does not vectorize, but
+    # it is exact and keeps float32)
+    sp.atan2: "np.arctan2",
 }
 
 
@@ -233,6 +236,20 @@ for _rule in dir(StrPrinter):
         setattr(NumbaPrinter, _rule, _no_rule)
 
 
+def no_rule(expr) -> list:
+    """The functions in expr that the printer has no rule for (erfinv: Numba has none), so
+    that a kernel is refused before its source is printed, naming what it cannot compute."""
+    out = []
+    for f in sp.preorder_traversal(expr):
+        if not isinstance(f, sp.Function):
+            continue
+        rule = next(getattr(NumbaPrinter, m) for m in
+                    (f"_print_{c.__name__}" for c in type(f).__mro__) if hasattr(NumbaPrinter, m))
+        if rule is _no_rule or (rule is NumbaPrinter._print_Function and f.func not in _CALLS):
+            out.append(f)
+    return out
+
+
 def print_value(expr, names, calls=None, used=None) -> str:
     return NumbaPrinter(names, calls=calls, used=used).doprint(expr)
 
@@ -241,4 +258,4 @@ def print_index(expr, names) -> str:
     return NumbaPrinter(names, index=True).doprint(expr)
 
 
-__all__ = ["NumbaPrinter", "PrintError", "print_value", "print_index", "Iverson", "MaxOver"]
+__all__ = ["NumbaPrinter", "PrintError", "no_rule", "print_value", "print_index", "Iverson", "MaxOver"]

@@ -129,6 +129,14 @@ def _costly_calls(e):
     return own + sum(_costly_calls(a) for a in e.args)
 
 
+def _index_valued(e):
+    """e is integer arithmetic on indices, dims and integer reads (p - j, targets[n] + 1): a
+    local holding it is an int, printed in the index context."""
+    return bool(e.is_integer) and not any(
+        isinstance(f, sp.Function) and not isinstance(f, (sp.Mod, sp.floor))
+        for f in sp.preorder_traversal(e)) and not e.has(sp.Piecewise, sp.core.relational.Relational)
+
+
 def _guarded(e):
     """A conditional the printer prints as `value if cond else 0`: what is inside is computed
     only when cond holds (a read behind an index test, an exp behind a causal mask), so it is
@@ -510,10 +518,20 @@ class KernelWriter:
         expr = self.hoist(expr, blocks, protect)
         reps, (red,) = sp.cse(expr, symbols=(sp.Symbol(f"_cse{next(self.fresh)}") for _ in itertools.count()),
                               optimizations=None, order="none")
+        retype = {}
         for sym, val in reps:
+            val = val.xreplace(retype)
+            if _index_valued(val):
+                # index arithmetic shared by a subscript and its range test (w[p - j] behind
+                # p - j >= 0) stays an int: a float subscript does not type in Numba
+                retype[sym] = sp.Symbol(sym.name, integer=True)
+                sym = retype[sym]
+                text = print_index(val, self.names)
+            else:
+                text = self.value(val)
             self.names[sym] = self.ident("t")
-            blk.rest.append(f"{self.names[sym]} = {self.value(val)}")
-        blk.rest.append(f"{lhs} {op} {self.value(red)}")
+            blk.rest.append(f"{self.names[sym]} = {text}")
+        blk.rest.append(f"{lhs} {op} {self.value(red.xreplace(retype))}")
 
     def value(self, expr) -> str:
         return print_value(expr, self.names, self.calls, self.used)
@@ -563,7 +581,7 @@ class KernelWriter:
 
         def lift(e, d, index):
             """e (depth d < the loop it sits in) as a local of block d."""
-            key = (sp.srepr(e), chain[d])
+            key = (sp.srepr(e), chain[d], index)  # an int local for a subscript, a float one else
             if key in self.hoisted:
                 return self.hoisted[key]
             e2 = visit(e, d, index)
@@ -593,7 +611,10 @@ class KernelWriter:
                 return e
             if isinstance(e, (sp.Add, sp.Mul)):
                 outer = [a for a in e.args if depth(a) < d and not a.is_Number]
-                if len(outer) > 1:  # the invariant factors (terms) together: one local
+                # the invariant factors (terms) together: one local; when every one is
+                # invariant, e itself was not worth a local (p + K - 1 in an index), and
+                # visiting e again would recurse forever: its arguments are visited below
+                if 1 < len(outer) < len(e.args):
                     part = e.func(*outer)
                     rest = [visit(a, d, index) for a in e.args if not any(a is o for o in outer)]
                     return e.func(visit(part, d, index), *rest)

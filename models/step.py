@@ -212,7 +212,7 @@ class Step:
         if unknown:
             raise GraphError(f"{self.graph.name}: unknown input(s) {sorted(unknown)}")
 
-    def forward(self, **inputs) -> float:
+    def forward(self, /, **inputs) -> float:  # /: an input may be named self
         self._load(inputs)
         self.tuner.choose()
         t0 = time.perf_counter()

@@ -22,18 +22,10 @@ BUDGET_S = 45.0  # the whole file stays under 2 minutes on 2 slow cores
 MIN_OK = 3  # a run that checks nothing cannot pass
 
 # seed -> (a pattern its reason matches on today's main, the fault): strict xfails that raise
-# KnownFault only when the case still fails in the known way (any other failure is a failure)
-WINDOW_RECURSION = ("compile: RecursionError",
-                    "new, compiled/writer.py: printing the backward of a window on an inner axis, "
-                    "y[i, l] = sum_a x[i, l + a] w[a], recurses without end (RecursionError in "
-                    "Writer.hoist; the offsets of #11 item 2)")
-KNOWN = {
-    7: WINDOW_RECURSION,
-    22: WINDOW_RECURSION,
-    33: (r"backward: TypingError: .*getitem\(array\(float64, 1d, C\), float64\)",
-         "new, compiled/: the backward of an in-range window x[i + k] computes the index of w as "
-         "t = F(i) - F(l), a float: Numba TypingError (the offsets of #11 item 2)"),
-}
+# KnownFault only when the case still fails in the known way (any other failure is a failure).
+# Empty: the faults the fuzzer found while issue #11 was fixed (windows on an inner axis, float
+# index arithmetic, sp.Max in the reference, ...) are fixed, each with a test of its own.
+KNOWN: dict = {}
 
 
 class KnownFault(Exception):
