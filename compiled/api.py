@@ -246,7 +246,8 @@ class Kernels:
         g = derivation.graph
         self._fwd_extra = set()
         self._bwd_extra = {t.name for t in g.tensors()} | {derivation.upstream(o.name) for o in g.outputs}
-        self.grad_names = {"d" + a: a for a in derivation.grads}
+        self.grad_names = {derivation.grad_name(a): a for a in derivation.grads}  # kernel name -> arg
+        self._grad_of = {a: n for n, a in self.grad_names.items()}
 
     @property
     def dispatchers(self):
@@ -288,7 +289,7 @@ class Kernels:
     def backward(self, /, **args):
         out = self._split_out(args)
         if out:
-            out = {("d" + k if "d" + k in self.grad_names else k): v for k, v in out.items()}
+            out = {self._grad_of.get(k, k): v for k, v in out.items()}  # out= is keyed by argument
         res = self._bwd(args, out, self._bwd_extra)
         return {self.grad_names[k]: v for k, v in res.items()}
 

@@ -281,8 +281,8 @@ class ModuleBuilder:
         # a gradient that is exactly 0 (an argument no output reads) has no program equation,
         # but the backward still returns it, filled with zeros
         listed = {name for name, _, _ in program}
-        program += [("d" + a, tuple(d.grad_indices[a]), sp.S.Zero) for a in d.grads
-                    if "d" + a not in listed]
+        program += [(d.grad_name(a), tuple(d.grad_indices[a]), sp.S.Zero) for a in d.grads
+                    if d.grad_name(a) not in listed]
         read = set()
         for _, _, e in program:
             read |= {str(ix.base.label) for ix in e.atoms(sp.Indexed)}
@@ -314,8 +314,8 @@ class ModuleBuilder:
         extents = dict(g.extents)
         eqs = []
         for name, idx, expr in program:
-            shape = g.tensor(name[1:]).shape if name[1:] in d.grads and name.startswith("d") \
-                else self._adjoint_shape(name)
+            arg = d.gradient_of(name)
+            shape = g.tensor(arg).shape if arg is not None else self._adjoint_shape(name)
             new_idx, ren = [], {}
             for i, s_ in zip(idx, shape):
                 if i in extents and sp.simplify(extents[i] - s_) != 0:
@@ -329,7 +329,7 @@ class ModuleBuilder:
         temps = []
         for name, idx, expr, shape in eqs:
             arrays[name] = shape
-            if name.startswith("d") and name[1:] in d.grads:
+            if d.gradient_of(name) is not None:
                 if shape:
                     spec.params.append(Param(name, "out", shape))
                 else:

@@ -56,8 +56,8 @@ def identity_grads(d) -> set:
     ups = {d.upstream(o.name): o for o in d.outputs}
     out = set()
     for name, idx, e in d.program:
-        a = name[1:]
-        if not name.startswith("d") or a not in d.grads:
+        a = d.gradient_of(name)
+        if a is None:
             continue
         if isinstance(e, sp.Indexed) and str(e.base.label) in ups and tuple(e.indices) == tuple(idx):
             o = ups[str(e.base.label)]
@@ -371,8 +371,8 @@ class Plan:
                         u = ups[p.name]
                         return u + "[0]" if p.kind == "scalar" and u in self.slots else u
                     return self._arg(node.outs[p.name] if p.name in node.outs else node.args[p.name])
-                args = self._call_args(node, spec, lambda p: outs[p.name[1:]], tensor)
-                rets = [outs[r[1:]] for r in spec.returns]
+                args = self._call_args(node, spec, lambda p: outs[d.gradient_of(p.name)], tensor)
+                rets = [outs[d.gradient_of(r)] for r in spec.returns]
                 self.backward.append(("call", node, self._fn(node, "backward"), args, rets))
             for st in post:
                 if st[0] == "free":

@@ -18,7 +18,7 @@ def render_text(d) -> str:
     for kind in KINDS:
         for s in d.steps_of(kind):
             lines.append(f"  {_LABEL[kind]:<11} {s.text}")
-    if any(not name.startswith("d") for name, _, _ in d.program):  # intermediates are kept
+    if any(d.gradient_of(name) is None for name, _, _ in d.program):  # intermediates are kept
         for name, idx, expr in d.program:
             lines.append(f"  kernel      {text(lhs_of(name, idx))} = {text(expr)}")
     for note in d.graph.notes:

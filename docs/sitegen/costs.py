@@ -214,11 +214,11 @@ def backward_cost(d) -> Cost:
         idx = d.grad_indices[arg]
         loops = tuple((i, sp.Integer(0), ext - 1) for i, ext in zip(idx, t.shape))
         f = flop_count(expr, loops)
-        per["d" + arg] = f
+        per[d.grad_name(arg)] = f
         flops += f
         for name in reads(expr):
             read[name] = elements(_shape_of(d, name))
-        written["d" + arg] = elements(t.shape)
+        written[d.grad_name(arg)] = elements(t.shape)
     return Cost(sp.expand(flops), read, written, per)
 
 

@@ -77,9 +77,6 @@ def test_inputs_named_like_generated_names_get_correct_gradients_by_reference_ev
         assert_close(d.name, a, got[a], want, 1e-7, "central differences")
 
 
-@pytest.mark.xfail(strict=True, reason="compiled/ still names the gradient of x 'd' + 'x' "
-                   "(build.py, api.py: name.startswith('d')) instead of asking d.grad_name / "
-                   "d.gradient_of, so it collides with the input dx")
 def test_input_named_dx_beside_x_gets_correct_gradients_through_compiled_kernels():
     d = derive.define("named_dx", _product("x", "dx"))
     rng = np.random.default_rng(2)
