@@ -163,8 +163,25 @@ def _cases(B=12, T=64, C=128, H=4, V=65):
         TF.cross_entropy(tlog, ttar).backward()
     out.append(("cross_entropy", sg_ce, th_ce))
 
-    # causal multi-head attention with its projections
+    # causal attention per sequence, as the GPT runs it: q, k, v (B*H, T, D)
     D = C // H
+    k_at = compiled.kernels("attention", "float32")
+    qa, ka, va, ga = (r(B * H, T, D) for _ in range(4))
+    foa = {"P": np.empty((B * H, T, T), f32), "y": np.empty_like(qa)}
+    boa = {n: np.empty_like(qa) for n in ("q", "k", "v")}
+
+    def sg_attention():
+        f = k_at.forward(q=qa, k=ka, v=va, out=foa)
+        k_at.backward(g=ga, q=qa, k=ka, v=va, P=f["P"], out=boa)
+    tqa, tka, tva = (tt(a.reshape(B, H, T, D)) for a in (qa, ka, va))
+    tga = torch.from_numpy(ga.reshape(B, H, T, D))
+
+    def th_attention():
+        tqa.grad = tka.grad = tva.grad = None
+        TF.scaled_dot_product_attention(tqa, tka, tva, is_causal=True).backward(tga)
+    out.append(("attention", sg_attention, th_attention))
+
+    # causal multi-head attention with its projections
     k_mha = compiled.kernels("multihead_attention", "float32")
     xm, gm = r(B, T, C), r(B, T, C)
     mp = {n: r(C, H, D, scale=C ** -0.5) for n in ("Wq", "Wk", "Wv")}
