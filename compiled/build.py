@@ -386,7 +386,8 @@ class ModuleBuilder:
         self.helpers |= w.helpers
         self.parallel |= w.parallel
         self.gemm |= w.gemms
-        args = ", ".join(names[p.name] for p in spec.params)
+        dims = {str(d): d for d in self.g.dims_}  # a dim's identifier steps aside for a tensor of its name
+        args = ", ".join(names[dims[p.name]] if p.kind == "dim" else names[p.name] for p in spec.params)
         lines = [JIT_PARALLEL if w.parallel else JIT, f"def {spec.func}({args}):"]
         doc = self.docstring(spec)
         lines.append(f'    """{doc}"""')

@@ -84,8 +84,6 @@ def test_input_named_dx_beside_x_gets_correct_gradients_through_compiled_kernels
                                                 "dx": rng.standard_normal((3, 4))}, rng)
 
 
-@pytest.mark.xfail(strict=True, reason="compiled/ names the kernel argument of the dim N and of "
-                   "the tensor N alike (build.py: names keyed by the string 'N')")
 def test_input_named_like_a_dim_gets_correct_gradient_through_compiled_kernels():
     d = derive.define("named_N", _product("N"))
     rng = np.random.default_rng(3)
