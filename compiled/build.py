@@ -32,7 +32,7 @@ from .writer import KernelWriter, helper_imports, helper_source
 
 FASTMATH = "{'arcp', 'contract', 'afn', 'reassoc', 'nsz'}"  # never nnan/ninf: NaN checks stay right
 RESERVED = {"np", "math", "F", "njit", "range", "max", "min", "abs", "FAST", "prange", "numba",
-            "ir", "types", "intrinsic", "gemm", "PARALLEL_MIN", "PRANGE_ONLY", "ParallelOptions",
+            "ir", "types", "intrinsic", "gemm", "gemm1", "PARALLEL_MIN", "PRANGE_ONLY", "ParallelOptions",
             "maximum", "pool_threads"} | set(elementary.HELPERS)
 # error_model="numpy": a float division by zero gives inf/NaN as IEEE says instead of a Python
 # ZeroDivisionError check, which kept every loop with a division from vectorizing
@@ -381,7 +381,7 @@ class ModuleBuilder:
         w = KernelWriter(names, index_syms, low.extents, self.calls, self.used,
                          temps=[n for n, _ in temps] + [t.name for t in low.out.temps],
                          parallel_min=PARALLEL_MIN, blas_one_thread=blas_backend() == "mkl")
-        w.taken |= taken
+        w.taken |= taken | RESERVED  # a loop index named pool_threads must not shadow the helper
         body = w.write(low.out.stmts)
         self.helpers |= w.helpers
         self.parallel |= w.parallel

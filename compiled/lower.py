@@ -157,6 +157,14 @@ class Lowerer:
         return walk(expr)
 
     # --- temporaries ------------------------------------------------------------------------
+    def fresh(self, stem):
+        """A temporary's name no array of the kernel has: a saved binding named mm2 was
+        overwritten by the product temporary mm2 (found by the fuzzer, seed 152452665)."""
+        name = f"{stem}{next(self.counter)}"
+        while name in self.arrays:
+            name = f"{stem}{next(self.counter)}"
+        return name
+
     def canon(self, expr, order):
         """A key for expr over free indices `order`, blind to the names of its indices."""
         sub = {v: sp.Symbol(f"_f{n}", integer=True) for n, v in enumerate(order)}
@@ -170,7 +178,7 @@ class Lowerer:
         if key in self.temp_keys:
             name, _ = self.temp_keys[key]
             return sp.IndexedBase(name, real=True)[tuple(order)], False
-        name = f"{stem}{next(self.counter)}"
+        name = self.fresh(stem)
         self.temp_keys[key] = (name, tuple(order))
         self.out.temps.append(Temp(name, tuple(self.extents[v] for v in order)))
         self.arrays[name] = tuple(self.extents[v] for v in order)
@@ -422,7 +430,7 @@ class Lowerer:
         if key in self.temp_keys:
             name, _ = self.temp_keys[key]
             return sp.IndexedBase(name, real=True)[order]
-        name = f"mm{next(self.counter)}"
+        name = self.fresh("mm")
         self.temp_keys[key] = (name, order)
         self.out.temps.append(Temp(name, tuple(self.extents[v] for v in order)))
         self.arrays[name] = tuple(self.extents[v] for v in order)

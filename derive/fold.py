@@ -150,9 +150,14 @@ def _solutions(lhs, rhs) -> tuple:
     if rhs.count(_UNKNOWN) > 1 and not rhs.is_rational_function(_UNKNOWN):
         return ()
     try:
-        return tuple(sp.solve(sp.Eq(lhs, rhs), _UNKNOWN))
+        sols = sp.solve(sp.Eq(lhs, rhs), _UNKNOWN)
     except NotImplementedError:  # s = t + sin(t): no closed form; fold by inlining instead
         return ()
+    # only a solution that holds for every value: solve gives u = h for h = Max(u, 0), true only
+    # where u > 0 (that fold turned a ReLU's Heaviside(u) into Heaviside(h), 1/2 where u < 0:
+    # a wrong gradient, found by the fuzzer, seed 152452960); sqrt(u) = s gives u = s**2, true
+    # only for s >= 0. Such a binding is inlined instead.
+    return tuple(u for u in sols if sp.simplify(rhs.xreplace({_UNKNOWN: u}) - lhs) == 0)
 
 
 def fold_definitions(expr, graph: Graph, skip=frozenset()):

@@ -128,3 +128,49 @@ def test_erfinv_is_refused_naming_the_layer_term_and_function_before_compiling()
     d = derive.define("t_fuzz_erfinv", build)
     with pytest.raises(derive.DeriveError, match=r"^t_fuzz_erfinv: y needs erfinv .*cannot compute"):
         compiled.kernels(d, "float64")
+
+
+# --- found by the 20-minute fuzzer run (seeds 152452611..152453033) ------------------------------
+
+def _two_products(index_name):
+    """mm = s.T x over a sum index named `index_name`, then mm2 = tanh(s mm): the saved output is
+    named mm2, like the kernels' product temporaries."""
+    def build(G):
+        N, C, D = G.dims("N C D")
+        s = G.input("s", (N, D))
+        x = G.input("x", (N, C))
+        i, p, j, k, l = G.indices(**{"i": D, index_name: N, "j": C, "k": N, "l": D})
+        mm = G.bind("mm", (i, j), G.sum(s[p, i] * x[p, j], p))
+        G.output(G.bind("mm2", (k, j), sp.tanh(G.sum(s[k, l] * mm[l, j], l))))
+    return build
+
+
+def test_saved_output_named_like_a_product_temporary_is_not_overwritten_and_pool_threads_is_an_index():
+    """Seed 152452665: the backward allocated its product temporary mm2 over the saved output
+    mm2 (a wrong gradient), and a sum index named pool_threads shadowed the thread helper."""
+    from tests.derive.kernel_check import assert_kernels_match_finite_differences
+    rng = np.random.default_rng(5)
+    for index_name in ("p", "pool_threads"):
+        d = derive.define(f"t_two_products_{index_name}", _two_products(index_name))
+        assert_kernels_match_finite_differences(
+            d, {"s": rng.standard_normal((3, 4)), "x": rng.standard_normal((3, 2))}, rng)
+
+
+def test_relu_of_a_product_is_not_folded_through_an_inverse_that_max_does_not_have():
+    """Seed 152452960: fold solved h = Max(mm, 0) for mm as mm = h, turning the gradient's
+    Heaviside(mm) into Heaviside(h), 1/2 where mm < 0 instead of 0."""
+    from tests.derive.kernel_check import assert_kernels_match_finite_differences
+
+    def build(G):
+        N, C, D = G.dims("N C D")
+        u = G.input("u", (C, D))
+        w = G.param("w", (C, N))
+        i, j, k = G.indices(i=D, j=C, k=N)
+        mm = G.bind("mm", (i, k), G.sum(u[j, i] * w[j, k], j))
+        G.output(G.bind("h", (i, k), sp.Max(mm[i, k], 0)))
+
+    d = derive.define("t_relu_of_product", build)
+    assert "Heaviside(h" not in str(d.grad("w"))
+    rng = np.random.default_rng(6)
+    assert_kernels_match_finite_differences(d, {"u": rng.standard_normal((3, 3)),
+                                                "w": rng.standard_normal((3, 3))}, rng)
