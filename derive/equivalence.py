@@ -242,15 +242,16 @@ class _Timeout(Exception):
 
 
 @contextmanager
-def _time_limit(seconds):
-    """SIGALRM-based limit in the main thread; no limit elsewhere (SymPy cannot be interrupted)."""
+def time_limit(seconds, error=_Timeout):
+    """Raise `error` in the code inside after `seconds` (SIGALRM, main thread only; elsewhere,
+    and for code stuck in C without returning to Python, there is no limit)."""
     if not seconds or threading.current_thread() is not threading.main_thread() \
             or not hasattr(signal, "setitimer"):
         yield
         return
 
     def handler(signum, frame):
-        raise _Timeout()
+        raise error()
 
     old = signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -280,7 +281,7 @@ def prove(derived, candidate, d, wrt: str, timeout: float = 10.0) -> Proof:
     extents = dict(zip(d.grad_indices[wrt], t.shape))
     diff = None
     try:
-        with _time_limit(timeout):
+        with time_limit(timeout):
             diff = difference(derived, candidate, d, extents)
             if _is_zero(diff):
                 return Proof(True, None, "derived - candidate tidies to 0")

@@ -48,10 +48,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
-import signal
-import threading
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,7 +56,7 @@ import sympy as sp
 
 from . import reference
 from .derivation import Derivation
-from .equivalence import CandidateError, namespace, normalize, prove
+from .equivalence import CandidateError, namespace, normalize, prove, time_limit
 from .errors import DeriveError
 from .functions import Iverson, MaxOver
 from .steps import text as _text
@@ -258,27 +255,6 @@ class _CandidateTimedOut(_CandidateFailed):
 class _Alarm(BaseException):
     """Raised inside the candidate by SIGALRM; a BaseException so that a candidate's own
     `except Exception` cannot swallow it."""
-
-
-@contextmanager
-def _call_limit(seconds):
-    """Interrupt the code inside after `seconds` (SIGALRM, main thread only; elsewhere, and
-    for code stuck in C without returning to Python, there is no limit)."""
-    if not seconds or threading.current_thread() is not threading.main_thread() \
-            or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def alarm(signum, frame):
-        raise _Alarm()
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 class _Instance:
@@ -520,7 +496,7 @@ class _FunctionCandidate:
     def __call__(self, inst: _Instance, args, upstream, vals):
         kw = {k: _copy(v) for k, v in {**upstream, **inst.values(args)}.items() if k in self.names}
         try:
-            with np.errstate(all="ignore"), _call_limit(self.timeout):
+            with np.errstate(all="ignore"), time_limit(self.timeout, _Alarm):
                 out = self.fn(**kw)
         except _Alarm:
             raise _CandidateTimedOut(f"the candidate did not return within {self.timeout:g} s "
