@@ -321,9 +321,6 @@ class KernelWriter:
             targets.add(target)
         if len(run) < 2 or not any(isinstance(st, Dot) for st in run):
             return []
-        while not isinstance(run[-1], Dot) and len(run) > 1 and \
-                not any(isinstance(st, Dot) for st in run[:-1]):
-            run.pop()
         return run
 
     def batched(self, run, root):
