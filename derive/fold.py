@@ -151,8 +151,8 @@ def _solutions(lhs, rhs) -> tuple:
         return ()
     try:
         sols = sp.solve(sp.Eq(lhs, rhs), _UNKNOWN)
-    except NotImplementedError:  # s = t + sin(t): no closed form; fold by inlining instead
-        return ()
+    except (NotImplementedError, ValueError):  # s = t + sin(t): no closed form; or SymPy fails
+        return ()  # inside (a Max of arguments it cannot compare: fuzzer seed 154640202): inline
     # only a solution that holds for every value: solve gives u = h for h = Max(u, 0), true only
     # where u > 0 (that fold turned a ReLU's Heaviside(u) into Heaviside(h), 1/2 where u < 0:
     # a wrong gradient, found by the fuzzer, seed 152452960); sqrt(u) = s gives u = s**2, true
