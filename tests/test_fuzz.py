@@ -9,11 +9,12 @@ A longer run: `python -m tests.fuzz --budget 1200`.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
 import pytest
+
+from tests.cache_dir import kernel_cache_at
 
 from tests import fuzz
 
@@ -49,14 +50,8 @@ class KnownFault(Exception):
 @pytest.fixture(scope="module")
 def kernel_cache(tmp_path_factory):
     """The fuzzer's kernels go to a cache of their own, removed with the test's tmp dir."""
-    path = tmp_path_factory.mktemp("fuzz-cache")
-    old = os.environ.get("SYMGRAD_CACHE_DIR")
-    os.environ["SYMGRAD_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("SYMGRAD_CACHE_DIR", None)
-    else:
-        os.environ["SYMGRAD_CACHE_DIR"] = old
+    with kernel_cache_at(tmp_path_factory.mktemp("fuzz-cache")) as path:
+        yield path
 
 
 def test_generator_is_deterministic_per_seed_and_seeds_differ():
