@@ -19,6 +19,9 @@ A candidate is either
   `eps` as floats); it may declare only the ones it needs, or take `**inputs`. It returns the
   gradient with respect to `wrt`, shaped like that argument. It gets copies, so it may scribble.
 
+A backward pass that returns several gradients at once, `(dx, dW, db)`, is checked with
+`wrt="x,W,b"`: each gradient as here, one verdict over all (see `derive.verify_many`).
+
 The verdicts:
 
 - `equivalent`: `derived - candidate` was proved to be 0 by exact rewrites (SymPy candidates
@@ -184,8 +187,13 @@ class VerifyReport:
 
     def __str__(self) -> str:
         head = f"verify {self.layer} d{self.wrt}: {self.verdict.upper()}"
-        lines = [head, f"  {self.message}"]
-        if self.candidate:
+        return "\n".join([head] + self.details())
+
+    def details(self, candidate: bool = True) -> list:
+        """The report's lines after its head, each indented by two spaces (`candidate=False`
+        leaves out the candidate's line)."""
+        lines = [f"  {self.message}"]
+        if self.candidate and candidate:
             lines.append(f"  candidate: {self.candidate}")
         if self.symbolic:
             lines.append(f"  symbolic: {self.symbolic}")
@@ -203,8 +211,8 @@ class VerifyReport:
         for note in self.skipped:
             lines.append(f"  skipped: {note}")
         if self.counterexample is not None:
-            lines.append("  " + str(self.counterexample).replace("\n", "\n  "))
-        return "\n".join(lines)
+            lines.extend("  " + ln for ln in str(self.counterexample).split("\n"))
+        return lines
 
 
 def _fmt(x) -> str:
@@ -510,19 +518,34 @@ class _FunctionCandidate:
             what = (f"called sys.exit({e.code!r}) instead of returning" if isinstance(e, SystemExit)
                     else f"raised {type(e).__name__}: {e}")
             raise _CandidateFailed(f"the candidate {what}{where}") from None
+        return self._gradient(out, inst)
+
+    def _gradient(self, out, inst: _Instance, what: str = "the candidate returned",
+                  wrt: str | None = None):
+        """The gradient by `wrt` (default `self.wrt`) in what the function returned, checked: a
+        float64 array of the argument's shape. `what` starts each message."""
+        wrt = wrt or self.wrt
         if out is None:
-            raise _CandidateFailed("the candidate returned None (a missing `return`?)")
+            raise _CandidateFailed(f"{what} None (a missing `return`?)")
+        several = ""
+        diff = [a.name for a in self.d.arguments if a.differentiable]
+        if isinstance(out, tuple) and len(diff) > 1:  # (dx, dW, db) checked against one wrt
+            several = (f" (several gradients at once? pass wrt={','.join(diff)!r}, one name per "
+                       f"element, in order)")
         try:
             arr = np.asarray(out)
         except Exception as e:  # noqa: BLE001
-            raise _CandidateFailed(f"the candidate returned {type(out).__name__}, not an array: {e}") from None
+            if several:
+                raise _CandidateFailed(f"{what} a tuple of {len(out)}, not an "
+                                       f"array{several}") from None
+            raise _CandidateFailed(f"{what} {type(out).__name__}, not an array: {e}") from None
         if arr.dtype.kind not in "fiub":
-            raise _CandidateFailed(f"the candidate returned a {type(out).__name__} of dtype "
-                                   f"{arr.dtype}, not a real array")
-        want = inst.shape[self.wrt]
+            raise _CandidateFailed(f"{what} a {type(out).__name__} of dtype {arr.dtype}, not a "
+                                   f"real array")
+        want = inst.shape[wrt]
         if arr.shape != want and not (want == () and arr.size == 1 and arr.ndim <= 1):
-            raise _CandidateFailed(f"the candidate returned shape {arr.shape}; d{self.wrt} must "
-                                   f"have the shape of {self.wrt}, {want}")
+            raise _CandidateFailed(f"{what} shape {arr.shape}; d{wrt} must have the shape "
+                                   f"of {wrt}, {want}{several}")
         return arr.astype(np.float64).reshape(want)
 
 
@@ -606,13 +629,16 @@ def _check_wrt(d, wrt):
         raise CandidateError(f"{d.name} {why}; the differentiable arguments are {', '.join(diff)}")
 
 
-def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5,
+def verify(target, wrt, candidate, *, eps: float = 1e-6, atol: float = 1e-5,
            rtol: float = 1e-3, trials: int = 4, seed: int = 0, dtype="float64", shapes=None,
            indices=None, vjp_rtol: float = 1e-7, symbolic_timeout: float = 10.0,
-           timeout: float = 60.0) -> VerifyReport:
+           timeout: float = 60.0):
     """Check `candidate`, a hand-derived gradient of layer `target` by its argument `wrt`.
 
     target: a built-in layer name or a Derivation (also from `derive.define`).
+    wrt: an argument's name; or several, "x,W,b" or ("x", "W", "b"), for a candidate that
+        returns one gradient per name in that order (see `derive.verify_many`; the report is then
+        a `GradientsReport`).
     candidate: a SymPy expression (or its string) in the layer's index notation, or a function
         `candidate(g, **inputs)`; see the module docstring.
     eps, atol, rtol: central-difference step and tolerances (as torch gradcheck).
@@ -624,29 +650,20 @@ def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5
         like `d.grad_indices[wrt]`.
     timeout: seconds one call of a function candidate may take (verdict error beyond it).
     """
+    if not isinstance(wrt, str) or "," in wrt:
+        from .verify_many import verify_many
+        return verify_many(target, wrt, candidate, eps=eps, atol=atol, rtol=rtol, trials=trials,
+                           seed=seed, dtype=dtype, shapes=shapes, indices=indices,
+                           vjp_rtol=vjp_rtol, symbolic_timeout=symbolic_timeout, timeout=timeout)
     name = target if isinstance(target, str) else getattr(target, "name", "?")
-    settings = {"eps": eps, "atol": atol, "rtol": rtol, "vjp_rtol": vjp_rtol, "trials": trials,
-                "seed": seed, "dtype": str(dtype), "timeout": timeout}
+    settings = _settings(eps, atol, rtol, vjp_rtol, trials, seed, dtype, timeout)
 
     def error(msg, kind="", cand=""):
         return VerifyReport(name, wrt, "error", msg, kind, cand, settings=settings)
 
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        return error(f"unknown dtype {dtype!r}; the numeric comparison runs in float64")
-    if dt != np.float64:
-        return error(f"dtype {dt} requested: the comparison needs float64 (finite differences "
-                     f"and the reference are float64 only); pass dtype='float64'")
-    for opt, val in (("eps", eps), ("atol", atol), ("rtol", rtol), ("vjp_rtol", vjp_rtol)):
-        if not (isinstance(val, (int, float)) and val >= 0 and math.isfinite(val)) or \
-                (opt == "eps" and val == 0):
-            return error(f"{opt}={val!r} must be a finite number > 0" if opt == "eps" else
-                         f"{opt}={val!r} must be a finite number >= 0")
-    if not isinstance(trials, int) or trials < 0:
-        return error(f"trials={trials!r} must be an integer >= 0")
-    if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
-        return error(f"timeout={timeout!r} must be a finite number of seconds > 0")
+    bad = _bad_option(eps, atol, rtol, vjp_rtol, trials, dtype, timeout)
+    if bad:
+        return error(bad)
     try:
         d = _resolve(target)
         name = d.name
@@ -668,7 +685,42 @@ def verify(target, wrt: str, candidate, *, eps: float = 1e-6, atol: float = 1e-5
         cases = _cases(d, trials, seed, shapes)
     except CandidateError as e:
         return error(str(e), getattr(candidate, "__name__", ""))
-    report = VerifyReport(name, wrt, "matches", "", cand.kind, cand.describe(), settings=settings)
+    return _judge(d, wrt, cand, cases, settings, eps=eps, atol=atol, rtol=rtol, seed=seed,
+                  vjp_rtol=vjp_rtol, symbolic_timeout=symbolic_timeout)
+
+
+def _settings(eps, atol, rtol, vjp_rtol, trials, seed, dtype, timeout) -> dict:
+    return {"eps": eps, "atol": atol, "rtol": rtol, "vjp_rtol": vjp_rtol, "trials": trials,
+            "seed": seed, "dtype": str(dtype), "timeout": timeout}
+
+
+def _bad_option(eps, atol, rtol, vjp_rtol, trials, dtype, timeout) -> str | None:
+    """What is wrong with the options, in one line; None when nothing is."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        return f"unknown dtype {dtype!r}; the numeric comparison runs in float64"
+    if dt != np.float64:
+        return (f"dtype {dt} requested: the comparison needs float64 (finite differences "
+                f"and the reference are float64 only); pass dtype='float64'")
+    for opt, val in (("eps", eps), ("atol", atol), ("rtol", rtol), ("vjp_rtol", vjp_rtol)):
+        if not (isinstance(val, (int, float)) and val >= 0 and math.isfinite(val)) or \
+                (opt == "eps" and val == 0):
+            return (f"{opt}={val!r} must be a finite number > 0" if opt == "eps" else
+                    f"{opt}={val!r} must be a finite number >= 0")
+    if not isinstance(trials, int) or trials < 0:
+        return f"trials={trials!r} must be an integer >= 0"
+    if not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
+        return f"timeout={timeout!r} must be a finite number of seconds > 0"
+    return None
+
+
+def _judge(d, wrt, cand, cases, settings, *, eps, atol, rtol, seed, vjp_rtol,
+           symbolic_timeout) -> VerifyReport:
+    """The verdict on `cand` (a _SympyCandidate or _FunctionCandidate for `d`'s gradient by
+    `wrt`): symbolic where it applies, then every numeric case, then the smallest
+    counterexample."""
+    report = VerifyReport(d.name, wrt, "matches", "", cand.kind, cand.describe(), settings=settings)
 
     # symbolic
     proof = None

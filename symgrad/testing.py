@@ -4,6 +4,9 @@
 
     def test_my_layernorm_backward():
         assert_gradient("layernorm", "x", my_layernorm_dx)   # fails with the whole report
+
+    def test_my_linear_backward():                           # (dx, dW, db) at once
+        assert_gradient("linear", "x,W,b", my_linear_backward)
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 def assert_gradient(target, wrt: str, candidate, *, require_equivalent: bool = False, **options):
     """Check a hand-derived gradient with `derive.verify.verify`; raise AssertionError with the
     report as the message unless it is right (`equivalent` or `matches`; only `equivalent` with
-    `require_equivalent=True`). Returns the report. `options` go to `verify` (eps, atol, rtol,
-    trials, seed, dtype, shapes, indices)."""
+    `require_equivalent=True`). `wrt` may name several arguments, "x,W,b", for a candidate
+    returning their gradients as a tuple: it passes only if every one is right. Returns the report.
+    `options` go to `verify` (eps, atol, rtol, trials, seed, dtype, shapes, indices)."""
     from derive.verify import verify
 
     report = verify(target, wrt, candidate, **options)

@@ -2,7 +2,10 @@
 
 FUNCTION names a function `candidate(g, **inputs)` in FILE.py, or a SymPy expression (or a
 string of one) defined there. `--layer` is a built-in layer name, or `FILE.py:BUILD` for a layer
-defined by a `build(G)` forward definition (see `derive.define`).
+defined by a `build(G)` forward definition (see `derive.define`). `--wrt x,W,b` checks a backward
+pass returning several gradients at once: the function returns a tuple (dx, dW, db) in that
+order (or FUNCTION is a tuple of SymPy expressions); each is judged, and the report is RIGHT only
+if all are (see `derive.verify_many`).
 
 Exit status: 0 the candidate is right (equivalent or matches), 1 it is wrong, 2 bad input or
 no verdict (file, function, layer or argument missing, candidate raising, calling sys.exit,
@@ -30,7 +33,9 @@ def _parser():
     p.add_argument("candidate", metavar="FILE.py:FUNCTION",
                    help="a function candidate(g, **inputs) -> ndarray, or a SymPy expression")
     p.add_argument("--layer", required=True, help="built-in layer name, or FILE.py:BUILD")
-    p.add_argument("--wrt", required=True, help="the argument the candidate differentiates by")
+    p.add_argument("--wrt", required=True,
+                   help="the argument the candidate differentiates by; or several, x,W,b, for a "
+                        "candidate returning a tuple of their gradients in that order")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--eps", type=float, default=1e-6, help="finite-difference step (1e-6)")
     p.add_argument("--atol", type=float, default=1e-5, help="finite-difference atol (1e-5)")
