@@ -201,7 +201,29 @@ class Lowerer:
         if self.swapped(target, idx, expr):
             return
         order = [(v, 0, self.extents[v] - 1) for v in idx]
-        self.out.stmts += self.split_guard(Nest(target, tuple(idx), order, expr))
+        for st in self.split_delta(Nest(target, tuple(idx), order, expr)):
+            self.out.stmts += self.split_guard(st)
+
+    def split_delta(self, st, most=8):
+        """An element assignment whose expression tests an index of a small constant extent
+        against constants, `dqkv[b, i, t, h, c] = delta(0, t) g_q[..] + delta(1, t) g_k[..] +
+        delta(2, t) g_v[..]` (the gradient of a concatenation, a stack or a head split), as one
+        loop per value of that index, each with the deltas evaluated: three copies instead of
+        one loop reading all three inputs per element and multiplying two of them by 0."""
+        for n, (v, lo, hi) in enumerate(st.order):
+            if not (lo == 0 and sp.sympify(hi).is_Integer and int(hi) < most):
+                continue
+            tests = [dl for dl in st.expr.atoms(sp.KroneckerDelta) if v in dl.free_symbols
+                     and all(a == v or a.is_Integer for a in dl.args)]
+            if not tests:
+                continue
+            out = []
+            for c in map(sp.Integer, range(int(hi) + 1)):
+                write = tuple(c if w == v else w for w in st.write)
+                out += self.split_delta(Nest(st.target, write, st.order[:n] + st.order[n + 1:],
+                                             st.expr.subs(v, c), note=st.note), most)
+            return out
+        return [st]
 
     def split_guard(self, st):
         """An element assignment `y[.., j] = [j <= f] * rest`, the guard on its last index and f

@@ -695,8 +695,8 @@ class KernelWriter:
         for st in [] if dots else group:
             if not st.order or st.order[0][0] != v or not st.write or sp.sympify(st.write[0]) != v:
                 return
-            if any(not isinstance(sp.sympify(i), sp.Symbol) for i in st.write):
-                return
+            if any(not isinstance(sp.sympify(i), (sp.Symbol, sp.Integer)) for i in st.write):
+                return  # a write at a computed position (a scatter); a constant one is its own
             for ix in st.expr.atoms(sp.Indexed):
                 if str(ix.base.label) in targets and (not ix.indices or ix.indices[0] != v):
                     return
