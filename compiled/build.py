@@ -110,6 +110,9 @@ class KernelSpec:
     returns: list = field(default_factory=list)  # names of scalars returned (in order)
     elementwise_alias: dict = field(default_factory=dict)  # out name -> inputs it may alias
     source: str = ""
+    # the matrix products it calls, in the dims: (M, K, N, a transposed, b transposed, calls,
+    # on one thread); out[M, N] = op(a)[M, K] @ op(b)[K, N] (the bench's GEMM floor, models/bench.py)
+    products: list = field(default_factory=list)
 
 
 def ident(name: str) -> str:
@@ -386,6 +389,7 @@ class ModuleBuilder:
         self.helpers |= w.helpers
         self.parallel |= w.parallel
         self.gemm |= w.gemms
+        spec.products = w.products
         dims = {str(d): d for d in self.g.dims_}  # a dim's identifier steps aside for a tensor of its name
         args = ", ".join(names[dims[p.name]] if p.kind == "dim" else names[p.name] for p in spec.params)
         lines = [JIT_PARALLEL if w.parallel else JIT, f"def {spec.func}({args}):"]
@@ -485,14 +489,18 @@ def module_source(d, dtype: str, key: str, blas: bool = True):
 
 def spec_dict(spec: KernelSpec) -> dict:
     return {"func": spec.func, "returns": spec.returns, "alias": spec.elementwise_alias,
-            "params": [[p.name, p.kind, [str(x) for x in p.shape], p.default] for p in spec.params]}
+            "params": [[p.name, p.kind, [str(x) for x in p.shape], p.default] for p in spec.params],
+            "products": [[str(M), str(K), str(N), ta, tb, str(n), one]
+                         for M, K, N, ta, tb, n, one in spec.products]}
 
 
 def spec_from_dict(data: dict, dims) -> KernelSpec:
     loc = {str(d): d for d in dims}
     params = [Param(n, k, tuple(sp.sympify(x, locals=loc) for x in shape), default)
               for n, k, shape, default in data["params"]]
-    return KernelSpec(data["func"], params, list(data["returns"]), dict(data["alias"]))
+    products = [(*(sp.sympify(x, locals=loc) for x in r[:3]), r[3], r[4], sp.sympify(r[5], locals=loc), r[6])
+                for r in data["products"]]
+    return KernelSpec(data["func"], params, list(data["returns"]), dict(data["alias"]), products=products)
 
 
 __all__ = ["module_source", "layer_key", "KernelSpec", "Param", "ModuleBuilder"]

@@ -168,6 +168,7 @@ class KernelWriter:
         self.parallel = False
         self.helpers = set()
         self.gemms = set()  # the products it calls: gemm, gemm1 (compiled/blas.py)
+        self.products = []  # each product printed: (M, K, N, a.T?, b.T?, calls, one thread?)
         self.blas_one_thread = blas_one_thread
         self.subst = {}  # Indexed row value -> the local holding it (within its fused loop)
         self.sym_free = {}  # local symbol -> the index symbols its value depends on
@@ -444,12 +445,16 @@ class KernelWriter:
         a = mat(st.a, st.a_idx, st.M, st.K)
         b = mat(st.b, st.b_idx, st.K, st.N)
         o_rest = tuple(st.out_idx[len(st.batch):])
+        M, K, N = (sp.Mul(*[sp.sympify(self.extent_of(st, v)) for v in g]) for g in (st.M, st.K, st.N))
         if o_rest[:len(st.M)] == tuple(st.M):
             o = mat(st.out, st.out_idx, st.M, st.N)
             blk.rest.append(f"{call}({a}, {b}, {o}{alpha})")
         else:
             o = mat(st.out, st.out_idx, st.N, st.M)
-            blk.rest.append(f"{call}({_t(b)}, {_t(a)}, {o}{alpha})")
+            a, b, M, N = _t(b), _t(a), N, M
+            blk.rest.append(f"{call}({a}, {b}, {o}{alpha})")
+        calls = sp.Mul(*[sp.sympify(self.extent_of(st, v)) for v in st.batch])
+        self.products.append((M, K, N, a.endswith(".T"), b.endswith(".T"), calls, bool(bound)))
 
     def extent_of(self, st, v):
         return self.extents[v]

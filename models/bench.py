@@ -63,35 +63,15 @@ def parse_peers(s: str) -> tuple:
 
 
 # --- the GEMM floor ----------------------------------------------------------------------------
-def floor_gemms(cfg, batch: int) -> list:
-    """The matrix products of one training step of the GPT: (name, M, K, N, trans_a, trans_b,
-    count, one_thread), out[M, N] = op(a)[M, K] @ op(b)[K, N], op = transpose where the flag is
-    set (the operand is stored transposed, as the kernels' `x.T` / `W.T` views are); one_thread:
-    the kernels run these per sequence, each on one thread, sequences in parallel (attention's
-    batched loops, compiled/writer.py), the others one call at a time on MKL's threads.
-
-    NOTE: this list restates the GPT's architecture (models/gpt.py: per block a qkv linear
-    C->3C, the attention projection C->C, the MLP's fc C->4C and proj 4C->C, causal attention
-    per (batch*head); the lm_head C->V) and the GEMMs its kernels issue. It should later come
-    from the printed step itself (each kernel's products, bound to the plan's shapes) so that it
-    cannot drift."""
-    C, T, H, V, L = cfg.n_embd, cfg.block_size, cfg.n_head, cfg.vocab_size, cfg.n_layer
-    R, D, BH = batch * T, cfg.n_embd // cfg.n_head, batch * cfg.n_head
-    out = []
-    linears = [("qkv", C, 3 * C, L), ("attn_proj", C, C, L), ("mlp_fc", C, 4 * C, L),
-               ("mlp_proj", 4 * C, C, L), ("lm_head", C, V, 1)]
-    for name, n_in, n_out, count in linears:
-        out += [(f"{name} fwd x@W", R, n_in, n_out, False, False, count, False),
-                (f"{name} dX g@W.T", R, n_out, n_in, False, True, count, False),
-                (f"{name} dW x.T@g", n_in, R, n_out, True, False, count, False)]
-    n = BH * L  # per (batch*head), in each block
-    out += [("attn S=q@k.T", T, D, T, False, True, n, True),
-            ("attn y=P@v", T, T, D, False, False, n, True),
-            ("attn gP=g@v.T", T, D, T, False, True, n, True),
-            ("attn gv=P.T@g", T, T, D, True, False, n, True),
-            ("attn gq=gS@k", T, T, D, False, False, n, True),
-            ("attn gk=gS.T@q", T, T, D, True, False, n, True)]
-    return out
+def floor_gemms(model, key) -> list:
+    """The matrix products of one training step of `model` at configuration `key` ((B, T) for
+    the GPT), read off its printed step: (label, M, K, N, trans_a, trans_b, count, one_thread),
+    out[M, N] = op(a)[M, K] @ op(b)[K, N], op = transpose where the flag is set (the operand
+    is stored transposed, as the kernels' `x.T` / `W.T` views are); one_thread: the kernels run
+    these per sequence, each on one thread, sequences in parallel (attention's batched loops,
+    compiled/writer.py), the others one call at a time on MKL's threads. Each is one product
+    a called kernel prints (`Plan.products`), so the list is the step's own, whatever the model."""
+    return model.step_for(tuple(key), loss=True).plan.products()
 
 
 def matmul_flops(gemms) -> int:
@@ -388,7 +368,7 @@ def _run(a, peers, n_load, cfg, batch, memory):
     sides = {}
     for p in peers:  # every peer copies the weights before symgrad's first step changes them
         sides[p] = torch_side(p, model, x, y)
-    gemms = floor_gemms(cfg, batch)
+    gemms = floor_gemms(model, (batch, cfg.block_size))
     flops = matmul_flops(gemms)
     from .threads import use
     floor_gemms_ = build_floor(gemms, cfg.dtype)

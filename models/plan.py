@@ -389,6 +389,24 @@ class Plan:
                     del group[(buf, off)]
         self.param_grads = [v for v in g.values if v.kind == "param" and id(v) in self.grad_region]
 
+    def products(self) -> list:
+        """The matrix products the step's kernels call, bound to this plan's shapes:
+        (label, M, K, N, a transposed, b transposed, calls, on one thread) per product a called
+        kernel prints (compiled/writer.py records them), forward then backward."""
+        out = []
+        for which, calls in (("forward", self.forward), ("backward", self.backward)):
+            for st in calls:
+                if st[0] != "call":
+                    continue
+                node = st[1]
+                k = self.kernels[id(node)]
+                spec = k.forward_spec if which == "forward" else k.backward_spec
+                dims = {d: node.dims[str(d)] for d in node.derivation.graph.dims_}
+                for M, K, N, ta, tb, n, one in spec.products:
+                    M, K, N, n = (int(sp.sympify(x).subs(dims)) for x in (M, K, N, n))
+                    out.append((f"{node.name} {which}", M, K, N, ta, tb, n, one))
+        return out
+
     def _sink(self, sinks, shape) -> str:
         """Where a kernel writes a gradient nobody reads (one region per size, shared)."""
         n = int(np.prod(shape, dtype=np.int64)) if shape else 1

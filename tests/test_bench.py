@@ -44,18 +44,18 @@ def _tiny():
     return GPTConfig(**TINY)
 
 
-class _Ref:  # the reference config's shapes, without importing models.gpt
-    vocab_size, block_size, n_layer, n_head, n_embd = 65, 64, 4, 4, 128
+def test_floor_gemms_are_the_products_the_reference_step_prints():
+    from models.gpt import GPT, GPTConfig
 
-
-def test_floor_gemms_of_the_reference_step():
-    g = bench.floor_gemms(_Ref, 12)
+    g = bench.floor_gemms(GPT(GPTConfig(), seed=0), (12, 64))
     assert bench.matmul_flops(g) == 3_964_207_104  # 3.96 GFLOP in matmuls (notes/performance-baseline)
+    # per block: 4 linears x 3 products, and attention's 6 per sequence (12 x 4 heads); lm_head 3
     assert sum(x[6] for x in g) == 4 * 4 * 3 + 3 + 12 * 4 * 4 * 6
-    assert ("qkv fwd x@W", 768, 128, 384, False, False, 4, False) in g
-    assert ("mlp_proj dW x.T@g", 512, 768, 128, True, False, 4, False) in g
-    assert ("lm_head dX g@W.T", 768, 65, 128, False, True, 1, False) in g
-    assert ("attn gk=gS.T@q", 64, 64, 32, True, False, 192, True) in g  # per sequence, one thread each
+    assert ("blocks.0.attn.c_attn forward", 768, 128, 384, False, False, 1, False) in g  # x @ W
+    assert ("blocks.3.mlp.c_proj backward", 512, 768, 128, True, False, 1, False) in g  # dW = x.T @ g
+    assert ("lm_head backward", 768, 65, 128, False, True, 1, False) in g  # dX = g @ W.T
+    # attention's dk = gS.T @ q, per sequence, each on one thread
+    assert ("blocks.2.attn.attn backward", 64, 64, 32, True, False, 48, True) in g
 
 
 def test_floor_computes_the_listed_products():
