@@ -190,6 +190,11 @@ class _Kernel:
                                   f"({', '.join(p.name for p in self.outs)})")
         for p in self.outs:
             shape = tuple(int(f(*dvals)) for f in self.out_shapes[p.name])
+            if any(n < 1 and not sp.sympify(e).is_Symbol for n, e in zip(shape, p.shape)):
+                # an extent such as H - KH + 1 below 1: a window larger than its input (conv2d)
+                raise KernelError(f"{self.name}: these argument shapes leave no element for '{p.name}': "
+                                  f"its shape {tuple(str(s) for s in p.shape)} is {shape} given "
+                                  f"{_Shapes._show(dims)}")
             if p.name in out:
                 o = out[p.name]
                 if not isinstance(o, np.ndarray) or o.dtype != dt or o.shape != shape or not o.flags.c_contiguous \

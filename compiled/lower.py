@@ -414,12 +414,11 @@ class Lowerer:
         nb = len(batch)
         if tuple(idx[:nb]) != tuple(batch):
             return False
-        rest = list(idx[nb:])
-        g0, g1 = set(groups[0]), set(groups[1])
-        n0 = len(g0)
-        a, b = set(rest[:n0]), set(rest[n0:])
-        c, d = set(rest[:len(g1)]), set(rest[len(g1):])
-        return (a == g0 and b == g1) or (c == g1 and d == g0)
+        # each group in the order of the product's own (the writer reshapes the two groups to a
+        # matrix: a group stored in another order would be read as a different matrix)
+        rest = tuple(idx[nb:])
+        g0, g1 = tuple(groups[0]), tuple(groups[1])
+        return rest in (g0 + g1, g1 + g0)
 
     def plan(self, s):
         m = self.match(s)
@@ -686,11 +685,10 @@ def natural_order(f, want, batch, groups):
     reads keep them (so two kernels needing the same operand share one temporary)."""
     seq = _ordered(f, want)
     rest = [i for i in seq if i not in batch]
-    g0 = set(groups[0])
-    first = g0 if rest and rest[0] in g0 else set(groups[1])
-    second = set(groups[0]) | set(groups[1])
-    second -= first
-    return tuple(batch) + tuple(i for i in rest if i in first) + tuple(i for i in rest if i in second)
+    first, second = (groups[0], groups[1]) if rest and rest[0] in set(groups[0]) else (groups[1], groups[0])
+    # within a group, the product's own order (a convolution's x[n, c, i + kh, j + kw] names
+    # (n, i, j) in no plain read: sorted by name they were (n, j, i), and read as another matrix)
+    return tuple(batch) + tuple(first) + tuple(second)
 
 
 def _canon_bound(expr):

@@ -147,8 +147,8 @@ class NumbaPrinter(StrPrinter):
 
     def _print_floor(self, e):
         a = e.args[0]
-        if self.index and isinstance(a, sp.Mul):
-            num, den = a.as_numer_denom()
+        if self.index:  # floor((W - K)/2): a strided extent, in integer division
+            num, den = sp.together(a).as_numer_denom()
             return f"(({self._index(num)}) // ({self._index(den)}))"
         return f"np.floor({self._print(a)})"
 

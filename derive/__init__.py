@@ -38,8 +38,13 @@ def layers() -> list[str]:
     return registry.names()
 
 
-def layer(name: str) -> Derivation:
-    """The derivation of a built-in layer (derived once, then read from the on-disk cache)."""
+def layer(name: str, **constants) -> Derivation:
+    """The derivation of a built-in layer (derived once, then read from the on-disk cache).
+
+    A configurable layer takes its integer constants by keyword: `layer("conv2d", stride=2,
+    padding=1)` is the layer named `conv2d_s2_p1` (see derive.registry)."""
+    if constants:
+        name = registry.variant(name, **constants)
     if name not in _cache:
         graph = registry.build(name)  # raises DeriveError for an unknown name
         _cache[name] = cache.load_or_derive(name, lambda: derive_graph(graph))

@@ -84,13 +84,22 @@ def _solve_delta(delta, v):
 
 
 def _range(value, extents):
-    """A (lo, hi) range of an index expression, or None when unknown."""
-    indep, dep = sp.expand(value).as_independent(*extents.keys(), as_Add=True)
-    if dep in extents:
-        return indep, indep + extents[dep] - 1
-    if dep == 0:
-        return indep, indep
-    return None
+    """A (lo, hi) range of an index expression, or None when unknown: value affine in the free
+    indices, each coefficient of known sign (a flattened index c*H*W + h*W + w: (0, C*H*W - 1))."""
+    value = sp.expand(value)
+    base = value.xreplace({v: 0 for v in extents})
+    coeffs = {v: value.coeff(v) for v in extents if value.has(v)}
+    if sp.expand(value - base - sum(c * v for v, c in coeffs.items())) != 0:
+        return None  # not affine in the indices (i*j, i**2)
+    lo = hi = base
+    for v, c in coeffs.items():
+        if c.has(*extents) or not (c.is_positive or c.is_negative):
+            return None
+        if c.is_positive:
+            hi += c * (extents[v] - 1)
+        else:
+            lo += c * (extents[v] - 1)
+    return lo, hi
 
 
 def _provably(rel) -> bool:
@@ -154,7 +163,7 @@ def _absorb(body, limits, extents):
         return make_sum(body, limits)  # nothing to absorb: keep the factored form
     out = []
     for term in _delta_terms(body, {v for v, _, _ in limits}):
-        lims = list(limits)
+        term, lims = _flatten_for_deltas(term, list(limits))
         progress = True
         while progress:
             progress = False
@@ -175,6 +184,24 @@ def _absorb(body, limits, extents):
                     break
         out.append(make_sum(term, lims))
     return sp.Add(*out)
+
+
+def _flatten_for_deltas(term, limits):
+    """Sum_j A * Sum_l B -> Sum_{j,l} A*B where a delta in B can be solved for j and only for j
+    (a dilated convolution's delta(r, j + 2 l - 1): l has no unit coefficient, j has). The inner
+    limits must not read the outer variables (then the two sums commute). Returns (term, limits)."""
+    outer = {v for v, _, _ in limits}
+    for f in sp.Mul.make_args(term):
+        if not isinstance(f, sp.Sum) or any(lo.has(*outer) or hi.has(*outer) for _, lo, hi in f.limits):
+            continue
+        inner = {v for v, _, _ in f.limits}
+        found = [d for d in sp.Mul.make_args(f.function) if isinstance(d, sp.KroneckerDelta)
+                 and any(_solve_delta(d, v) is not None for v in outer if d.has(v))
+                 and not any(_solve_delta(d, v) is not None for v in inner if d.has(v))]
+        if found:
+            rest = sp.Mul(*[a for a in sp.Mul.make_args(term) if a is not f])
+            return _flatten_for_deltas(rest * f.function, list(f.limits) + limits)
+    return term, limits
 
 
 def _delta_terms(body, variables):
@@ -234,9 +261,27 @@ def distributed_terms(expr) -> int:
 
 
 def _resolve_brackets(term, extents):
-    """Evaluate deltas and brackets made decidable by a substitution (delta(q, q) -> 1)."""
-    return term.replace(lambda e: isinstance(e, sp.KroneckerDelta) and e.args[0] == e.args[1],
+    """Evaluate deltas and brackets made decidable by a substitution (delta(q, q) -> 1; a zero
+    padding's guard [0 <= r <= W - 1] at the gradient's own index r over W -> 1)."""
+    term = term.replace(lambda e: isinstance(e, sp.KroneckerDelta) and e.args[0] == e.args[1],
                         lambda e: sp.Integer(1))
+    return term.replace(lambda e: isinstance(e, Iverson) and isinstance(e.args[0], (sp.And, sp.Rel)),
+                        lambda e: Iverson(_drop_true(e.args[0], extents)))
+
+
+def _drop_true(cond, extents):
+    """cond (a relation or a conjunction of them) without the parts that hold at every value of
+    the free indices (each over 0..extent-1)."""
+    parts = cond.args if isinstance(cond, sp.And) else (cond,)
+    keep = []
+    for c in parts:
+        if isinstance(c, (sp.GreaterThan, sp.LessThan)):
+            big, small = (c.lhs, c.rhs) if isinstance(c, sp.GreaterThan) else (c.rhs, c.lhs)
+            rng = _range(big - small, extents)
+            if rng and _provably(sp.Ge(rng[0], 0)):
+                continue
+        keep.append(c)
+    return sp.And(*keep)
 
 
 def canonical_names(expr, avoid=(), pool=("j", "k", "l", "m", "r", "u", "w", "a", "c", "e")):

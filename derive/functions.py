@@ -3,8 +3,16 @@
 `Iverson(cond)` is 1 where `cond` holds and 0 elsewhere (causal masks, ReLU's slope, index ranges).
 Its derivative is 0 almost everywhere, which is what the chain rule needs.
 
-`MaxOver(expr, var, lo, hi)` is max over var in [lo, hi] of expr. It has no derivative: it may
-appear only in a `stop_gradient` binding (the max subtracted for a stable softmax cancels).
+`MaxOver(expr, var, lo, hi)` is max over var in [lo, hi] of expr (-inf over an empty range). Its
+derivative routes the gradient to one arg-max, the first in scan order (what PyTorch's max_pool2d
+and torch.max do with ties):
+
+    d/ds max_k f(k) = Sum_k [f(k) >= M and max_{k' < k} f(k') < M] * df(k)/ds,   M = max_k f(k)
+
+so exactly one k (the first maximal one) takes the gradient. Nested maxes (a 2-D pooling window,
+kh outer, kw inner) compose to the first maximal element in row-major order: the first row that
+holds the maximum, and in it the first column. Where the max only stabilises a sum that it
+cancels from (softmax), bind it with `stop_gradient` and no derivative is taken.
 """
 
 import sympy as sp
@@ -46,17 +54,27 @@ class NoDerivative(Exception):
 
 
 class MaxOver(sp.Function):
-    """max_{var=lo..hi} expr; only for stop-gradient bindings."""
+    """max_{var=lo..hi} expr; its derivative goes to the first arg-max (see the module docstring)."""
 
     nargs = 4
 
     def fdiff(self, argindex=1):
-        raise NoDerivative("MaxOver has no derivative; bind it with stop_gradient=True")
+        raise NoDerivative("MaxOver is differentiated by its own rule (first_argmax), not by argument")
 
     def _eval_derivative(self, s):
-        if sp.diff(self.args[0], s) != 0:
-            raise NoDerivative("MaxOver has no derivative; bind it with stop_gradient=True")
-        return sp.Integer(0)
+        expr, var, lo, hi = self.args
+        inner = sp.diff(expr, s)
+        if inner == 0:
+            return sp.Integer(0)
+        k = sp.Dummy(str(var).lstrip("_"), integer=True)
+        return sp.Sum(self.first_argmax(k) * inner.xreplace({var: k}), (k, lo, hi))
+
+    def first_argmax(self, k):
+        """[k is the first arg-max]: f(k) reaches the max, and nothing before k does."""
+        expr, var, lo, hi = self.args
+        before = sp.Dummy(str(var).lstrip("_"), integer=True)
+        earlier = MaxOver(expr.xreplace({var: before}), before, lo, k - 1)
+        return Iverson(sp.And(expr.xreplace({var: k}) >= self, earlier < self))
 
     @property
     def free_symbols(self):
@@ -70,4 +88,12 @@ class MaxOver(sp.Function):
 
     def _sympystr(self, printer):
         expr, var, lo, hi = self.args
+        if _reads_an_index(lo) or _reads_an_index(hi):  # a range of its own (the taps before k)
+            return "max_{%s=%s..%s}(%s)" % (printer._print(var), printer._print(lo), printer._print(hi),
+                                            printer._print(expr))
         return "max_%s(%s)" % (printer._print(var), printer._print(expr))
+
+
+def _reads_an_index(e) -> bool:
+    """Whether a limit depends on an index (an integer symbol not known positive, unlike a dim)."""
+    return any(s.is_integer and not s.is_positive for s in sp.sympify(e).free_symbols)

@@ -70,10 +70,12 @@ class _Scope:
                 continue
             for v in self.order:
                 c, rest = _split(e, v)
-                if c == 1:
-                    lo[v] = lo[v] + (-rest,)  # v + rest >= 0
-                elif c == -1:
-                    hi[v] = hi[v] + (rest,)  # rest - v >= 0
+                if c is None or not c.is_Integer or c == 0:
+                    continue
+                if c > 0:
+                    lo[v] = lo[v] + (-rest / c,)  # c v + rest >= 0: v >= -rest/c (a stride's 2 i + k - 1 >= 0)
+                else:
+                    hi[v] = hi[v] + (rest / -c,)  # rest - |c| v >= 0: v <= rest/|c|
         return _Scope(self.order, lo, hi)
 
     def key(self):
@@ -192,7 +194,7 @@ def _eliminate(e, order, scope, facts) -> bool:
         if not e.has(v):
             continue
         c, rest = _split(e, v)
-        if c is None or c.free_symbols & set(scope.order) or not c.is_integer:
+        if c is None or c.free_symbols & set(scope.order) or not (c.is_integer or c.is_Rational):
             return False  # not affine in the index symbols
         sign = 1 if c.is_positive else (-1 if c.is_negative else None)
         if sign is None:
@@ -208,7 +210,7 @@ def _eliminate(e, order, scope, facts) -> bool:
 
 def _dims_nonneg(e) -> bool:
     """Whether e, an expression of the dims (integers >= 1), is >= 0 for all of them."""
-    e = sp.expand(e)
+    e = _without_floors(sp.expand(e))
     if e.is_number:
         return bool(e >= 0)
     if not all(s.is_integer and s.is_positive for s in e.free_symbols):
@@ -220,6 +222,26 @@ def _dims_nonneg(e) -> bool:
     except sp.PolynomialError:
         return False
     return all(c.is_number and c >= 0 for c in coeffs)
+
+
+def _without_floors(e):
+    """e with each floor(A/q) (a strided extent: (W - K)//2 + 1) replaced by a bound that makes e
+    no larger: A/q where its coefficient is negative (floor(a) <= a), (A - q + 1)/q where positive
+    (A an integer, q a positive integer). None of e >= 0 is lost for a floor-free e."""
+    for f in sorted(e.atoms(sp.floor), key=str):
+        c, rest = _split(e, f)
+        if c is None or not c.is_number:
+            return e  # not affine in the floor: left for the polynomial test to refuse
+        a = f.args[0]
+        num, den = sp.fraction(sp.together(a))
+        if c < 0:
+            bound = a
+        elif den.is_Integer and den > 0 and all(t.is_integer for t in sp.Add.make_args(sp.expand(num))):
+            bound = (num - den + 1) / den
+        else:
+            bound = a - 1
+        e = sp.expand(rest + c * bound)
+    return e
 
 
 def _text(scope, v) -> str:

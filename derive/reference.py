@@ -171,17 +171,30 @@ def dims_of(derivation, args: dict) -> dict:
     for _ in range(len(pairs) + 1):  # solve the extents with one unknown first (C = H*D last)
         for _, _, s, n in pairs:
             unknown = s.free_symbols - set(dims)
-            if len(unknown) == 1:
+            if s.is_Symbol and unknown:  # a plain dim: read off, no solve (one per call adds up)
+                dims[s] = int(n)
+            elif len(unknown) == 1:
                 (sym,) = unknown
                 sol = sp.solve(sp.Eq(s.subs(dims), n), sym)
                 if len(sol) == 1 and sol[0].is_integer:
                     dims[sym] = int(sol[0])
     for name, shape, s, n in pairs:
-        if s.free_symbols - set(dims) or int(s.subs(dims)) != n:
+        if s.free_symbols - set(dims) or int(_at(s, dims)) != n:
             raise DeriveError(derivation.name, f"inconsistent shapes: argument '{name}' has shape "
                                                f"{shape}, expected {derivation.graph.tensor(name).shape} "
                                                f"with {dims}")
     return dims
+
+
+def _at(expr, dims: dict):
+    """expr with the dims' values substituted (memoized: finite differences evaluate the same
+    forward at the same shapes hundreds of times, and subs was most of each call)."""
+    return _subs(sp.sympify(expr), tuple(sorted(dims.items(), key=lambda kv: str(kv[0]))))
+
+
+@functools.lru_cache(maxsize=4096)
+def _subs(expr, dims: tuple):
+    return expr.subs(dict(dims))
 
 
 def _values(derivation, args):
@@ -198,7 +211,7 @@ def _values(derivation, args):
 
 def _extents(derivation, dims):
     g = derivation.graph
-    return {i: int(sp.sympify(e).subs(dims)) for i, e in g.extents.items()}
+    return {i: int(_at(e, dims)) for i, e in g.extents.items()}
 
 
 def forward(derivation, args: dict) -> dict:
@@ -207,8 +220,8 @@ def forward(derivation, args: dict) -> dict:
     vals = _values(derivation, args)
     ext = _extents(derivation, dims)
     for b in derivation.graph.bindings:
-        vals[b.name] = evaluate(b.expr.subs(dims), b.indices, vals, ext) if b.indices \
-            else float(evaluate(b.expr.subs(dims), (), vals, ext))
+        vals[b.name] = evaluate(_at(b.expr, dims), b.indices, vals, ext) if b.indices \
+            else float(evaluate(_at(b.expr, dims), (), vals, ext))
     return {b.name: vals[b.name] for b in derivation.graph.bindings}
 
 
@@ -226,10 +239,10 @@ def vjp(derivation, upstream: dict, args: dict) -> dict:
     for a, expr in derivation.grads.items():
         t = derivation.graph.tensor(a)
         idx = derivation.grad_indices[a]
-        ext = {i: int(sp.sympify(s).subs(dims)) for i, s in zip(idx, t.shape)}
+        ext = {i: int(_at(s, dims)) for i, s in zip(idx, t.shape)}
         ext.update(_extents(derivation, dims))
-        ext.update({i: int(sp.sympify(s).subs(dims)) for i, s in zip(idx, t.shape)})
-        res = evaluate(sp.sympify(expr).subs(dims), idx, vals, ext)
+        ext.update({i: int(_at(s, dims)) for i, s in zip(idx, t.shape)})
+        res = evaluate(_at(expr, dims), idx, vals, ext)
         out[a] = res if t.shape else float(res)
     return out
 

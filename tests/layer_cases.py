@@ -61,4 +61,16 @@ def cases(name: str, seed: int = 0) -> list[tuple[str, dict]]:
                                "W": _r(rng, 2, 4, 1), "b": _r(rng, 4, 1)})]
     if name == "residual":
         return [("3x4", {"a": _r(rng, 3, 4), "b": _r(rng, 3, 4)})]
+    if name == "conv1d":
+        return [("N2 C3 O2 W7 K3", {"x": _r(rng, 2, 3, 7), "w": _r(rng, 2, 3, 3), "b": _r(rng, 2)}),
+                ("batch1 channel1 kernel1", {"x": _r(rng, 1, 1, 4), "w": _r(rng, 2, 1, 1), "b": _r(rng, 2)})]
+    if name == "conv2d":
+        return [("N2 C2 O3 5x6 K3x2", {"x": _r(rng, 2, 2, 5, 6), "w": _r(rng, 3, 2, 3, 2), "b": _r(rng, 3)}),
+                ("batch1 channel1 kernel1", {"x": _r(rng, 1, 1, 3, 4), "w": _r(rng, 2, 1, 1, 1),
+                                             "b": _r(rng, 2)})]
+    if name in ("max_pool2d", "avg_pool2d"):
+        # odd sizes: the last row and column fall outside every 2x2 window (gradient 0)
+        return [("N2 C3 5x6", {"x": _r(rng, 2, 3, 5, 6)}), ("batch1 channel1 2x2", {"x": _r(rng, 1, 1, 2, 2)})]
+    if name == "flatten":
+        return [("N2 C3 2x4", {"x": _r(rng, 2, 3, 2, 4)}), ("batch1 1x1x1", {"x": _r(rng, 1, 1, 1, 1)})]
     raise KeyError(f"no test inputs for layer '{name}': add them to tests/layer_cases.py")

@@ -408,6 +408,132 @@ def _lstm_grad(name, mistake=None):
     return grad
 
 
+# --- convolution and pooling (stride 1, no padding; 2x2 windows, stride 2), CS231n-style loops ----
+
+def conv1d_dx(g, w):
+    """Full correlation of g with the flipped kernel, one tap at a time."""
+    K, Wo = w.shape[2], g.shape[2]
+    dx = np.zeros((g.shape[0], w.shape[1], Wo + K - 1))
+    for k in range(K):
+        dx[:, :, k:k + Wo] += np.einsum("noi,oc->nci", g, w[:, :, k])
+    return dx
+
+
+def conv1d_dx_unflipped(g, w):
+    return conv1d_dx(g, w[:, :, ::-1])  # mistake: the kernel is not flipped
+
+
+def conv1d_dw(g, x):
+    Wo = g.shape[2]
+    return np.stack([np.einsum("noi,nci->oc", g, x[:, :, k:k + Wo]) for k in range(x.shape[2] - Wo + 1)], -1)
+
+
+def conv1d_dw_batch_mean(g, x):
+    return conv1d_dw(g, x) / x.shape[0]  # mistake: averaged over the batch
+
+
+def conv1d_db(g):
+    return g.sum((0, 2))
+
+
+def conv2d_dx(g, w):
+    KH, KW = w.shape[2:]
+    Ho, Wo = g.shape[2:]
+    dx = np.zeros((g.shape[0], w.shape[1], Ho + KH - 1, Wo + KW - 1))
+    for kh in range(KH):
+        for kw in range(KW):
+            dx[:, :, kh:kh + Ho, kw:kw + Wo] += np.einsum("noij,oc->ncij", g, w[:, :, kh, kw])
+    return dx
+
+
+def conv2d_dx_unflipped(g, w):
+    return conv2d_dx(g, w[:, :, ::-1, ::-1])  # mistake: the kernel is not flipped
+
+
+def conv2d_dw(g, x):
+    Ho, Wo = g.shape[2:]
+    KH, KW = x.shape[2] - Ho + 1, x.shape[3] - Wo + 1
+    dw = np.zeros((g.shape[1], x.shape[1], KH, KW))
+    for kh in range(KH):
+        for kw in range(KW):
+            dw[:, :, kh, kw] = np.einsum("noij,ncij->oc", g, x[:, :, kh:kh + Ho, kw:kw + Wo])
+    return dw
+
+
+def conv2d_dw_transposed_window(g, x):
+    Ho, Wo = g.shape[2:]
+    KH, KW = x.shape[2] - Ho + 1, x.shape[3] - Wo + 1
+    dw = np.zeros((g.shape[1], x.shape[1], KH, KW))
+    for kh in range(KH):
+        for kw in range(KW):  # mistake: the window of tap (kh, kw) taken at (KH-1-kh, KW-1-kw)
+            a, b = KH - 1 - kh, KW - 1 - kw
+            dw[:, :, kh, kw] = np.einsum("noij,ncij->oc", g, x[:, :, a:a + Ho, b:b + Wo])
+    return dw
+
+
+def conv2d_db(g):
+    return g.sum((0, 2, 3))
+
+
+def conv2d_db_no_batch(g):
+    return g[0].sum((1, 2))  # mistake: the first sample only
+
+
+def _windows(x):
+    """x's 2x2 stride-2 windows as (N, C, Ho, Wo, 4), each row-major (kh, kw)."""
+    N, C, H, W = x.shape
+    Ho, Wo = H // 2, W // 2
+    v = x[:, :, :2 * Ho, :2 * Wo].reshape(N, C, Ho, 2, Wo, 2)
+    return v.transpose(0, 1, 2, 4, 3, 5).reshape(N, C, Ho, Wo, 4)
+
+
+def _unwindow(d, shape):
+    N, C, Ho, Wo, _ = d.shape
+    out = np.zeros(shape)
+    out[:, :, :2 * Ho, :2 * Wo] = d.reshape(N, C, Ho, Wo, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(N, C, 2 * Ho, 2 * Wo)
+    return out
+
+
+def max_pool2d_dx(g, x):
+    """The window's first maximum (np.argmax: row-major) takes g."""
+    win = _windows(x)
+    mask = np.eye(4)[win.argmax(-1)]
+    return _unwindow(mask * g[..., None], x.shape)
+
+
+def max_pool2d_dx_whole_window(g, x):
+    return _unwindow(np.repeat(g[..., None], 4, -1), x.shape)  # mistake: every element takes g
+
+
+def max_pool2d_dx_ignores_g(g, x):
+    return _unwindow(np.eye(4)[_windows(x).argmax(-1)], x.shape)  # mistake: the mask, not g
+
+
+def avg_pool2d_dx(g, x):
+    return _unwindow(np.repeat(g[..., None], 4, -1) / 4, x.shape)
+
+
+def avg_pool2d_dx_no_mean(g, x):
+    return _unwindow(np.repeat(g[..., None], 4, -1), x.shape)  # mistake: 1/4 forgotten
+
+
+def avg_pool2d_dx_half(g, x):
+    return _unwindow(np.repeat(g[..., None], 4, -1) / 2, x.shape)  # mistake: 1/2 (one axis)
+
+
+def flatten_dx(g, x):
+    return g.reshape(x.shape)
+
+
+def flatten_dx_fortran(g, x):
+    return g.reshape(x.shape, order="F")  # mistake: column-major
+
+
+def flatten_dx_channels_last(g, x):
+    N, C, H, W = x.shape
+    return g.reshape(N, H, W, C).transpose(0, 3, 1, 2)  # mistake: as if flattened NHWC
+
+
 # --- the tables ---------------------------------------------------------------------------------
 
 RIGHT = {
@@ -432,6 +558,13 @@ RIGHT = {
                             for n in ("x", "Wq", "Wk", "Wv", "bq", "bk", "bv", "Wo", "bo")],
     "rnn_cell": [(n, _rnn_grad(n), "matrix form, sech^2") for n in ("x", "h_prev", "Wxh", "Whh", "bh")],
     "lstm_cell": [(n, _lstm_grad(n), "gate by gate") for n in ("x", "h_prev", "c_prev", "W", "b")],
+    "conv1d": [("x", conv1d_dx, "full correlation, tap by tap"), ("w", conv1d_dw, "window by window"),
+               ("b", conv1d_db, "sum over batch and positions")],
+    "conv2d": [("x", conv2d_dx, "full correlation, tap by tap"), ("w", conv2d_dw, "window by window"),
+               ("b", conv2d_db, "sum over batch and positions")],
+    "max_pool2d": [("x", max_pool2d_dx, "one-hot of the window's argmax")],
+    "avg_pool2d": [("x", avg_pool2d_dx, "g / 4 on each window")],
+    "flatten": [("x", flatten_dx, "reshape")],
 }
 
 WRONG = {
@@ -468,7 +601,25 @@ WRONG = {
                  ("Whh", _rnn_grad("Whh", "new_h"), "uses h instead of h_prev")],
     "lstm_cell": [("c_prev", _lstm_grad("c_prev", "ignore_g_c"), "cell state's own upstream ignored"),
                   ("h_prev", _lstm_grad("h_prev", "no_tanh_grad"), "tanh'(c) forgotten")],
+    "conv1d": [("x", conv1d_dx_unflipped, "kernel not flipped"), ("w", conv1d_dw_batch_mean, "averaged over the batch")],
+    "conv2d": [("x", conv2d_dx_unflipped, "kernel not flipped"),
+               ("w", conv2d_dw_transposed_window, "each tap's window taken from the opposite corner"),
+               ("b", conv2d_db_no_batch, "first sample only")],
+    "max_pool2d": [("x", max_pool2d_dx_whole_window, "every element takes g"),
+                   ("x", max_pool2d_dx_ignores_g, "the mask without g")],
+    "avg_pool2d": [("x", avg_pool2d_dx_no_mean, "1/4 forgotten"), ("x", avg_pool2d_dx_half, "1/2 instead of 1/4")],
+    "flatten": [("x", flatten_dx_fortran, "column-major reshape"),
+                ("x", flatten_dx_channels_last, "channels-last order")],
 }
+
+# Layers whose generated shapes could leave no output position (a kernel larger than its input):
+# verified at these shapes instead (odd sizes: the pools' last row and column are in no window).
+_CONV = [{"N": 2, "C": 2, "O": 3, "H": 5, "W": 6, "KH": 3, "KW": 2},
+         {"N": 1, "C": 1, "O": 2, "H": 3, "W": 4, "KH": 1, "KW": 1}]
+SHAPES = {"conv1d": [{"N": 2, "C": 3, "O": 2, "W": 7, "K": 3}, {"N": 1, "C": 1, "O": 1, "W": 3, "K": 1}],
+          "conv2d": _CONV,
+          **{p: [{"N": 2, "C": 3, "H": 5, "W": 6}, {"N": 1, "C": 1, "H": 2, "W": 2}] for p in ("max_pool2d", "avg_pool2d")},
+          "flatten": [{"N": 2, "C": 3, "H": 2, "W": 4}, {"N": 1, "C": 1, "H": 1, "W": 1}]}
 
 
 # --- the tests ----------------------------------------------------------------------------------
@@ -487,7 +638,14 @@ HEAVY = {"multihead_attention": 1, "lstm_cell": 2, "attention": 2}  # fewer rand
 
 
 def _verify(name, wrt, fn):
-    return verify(name, wrt, fn, trials=HEAVY.get(name, 3), seed=1)
+    if name not in SHAPES:
+        return verify(name, wrt, fn, trials=HEAVY.get(name, 3), seed=1)
+    # verify's shrinker tries every dim at 1 and 2, which leaves a window larger than its input
+    # (no output position: a ValueError inside verify); the counterexample is then the failing case
+    import importlib
+    from unittest import mock
+    with mock.patch.object(importlib.import_module("derive.verify"), "SHRINK_BUDGET", 0):
+        return verify(name, wrt, fn, trials=HEAVY.get(name, 3), seed=1, shapes=SHAPES[name])
 
 
 @pytest.mark.parametrize("name", BUILTIN)

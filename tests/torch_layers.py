@@ -58,6 +58,22 @@ def forward(name: str, t: dict):
         return {"h": torch.sigmoid(o) * torch.tanh(c), "c": c}
     if name == "residual":
         return {"y": t["a"] + t["b"]}
+    if name.startswith(("conv1d", "conv2d", "max_pool2d", "avg_pool2d")):
+        return {"y": _vision(name, t)}
+    if name == "flatten":
+        return {"y": torch.flatten(t["x"], 1)}
     raise KeyError(f"no PyTorch reference for layer '{name}': add it to tests/torch_layers.py")
 
 
+def _vision(name: str, t: dict):
+    """A convolution or pooling layer in any configuration (conv2d_s2_p1_d2: the constants come
+    from derive.registry, which reads them off the name)."""
+    import torch.nn.functional as F
+    from derive import registry
+
+    c = registry.constants(name)
+    if name.startswith("conv"):
+        conv = F.conv1d if name.startswith("conv1d") else F.conv2d
+        return conv(t["x"], t["w"], t["b"], stride=c["stride"], padding=c["padding"], dilation=c["dilation"])
+    pool = F.max_pool2d if name.startswith("max") else F.avg_pool2d
+    return pool(t["x"], c["kernel"], c["stride"])

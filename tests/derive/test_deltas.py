@@ -58,3 +58,27 @@ def test_delta_not_involving_the_summation_variable_is_left_alone():
     e = sp.Sum(sp.KroneckerDelta(i, p) * x[i, k], (k, 0, n - 1))
     out = eliminate_deltas(e, {p: N})
     assert out == sp.KroneckerDelta(i, p) * sp.Sum(x[i, k], (k, 0, n - 1))
+
+
+def test_delta_solvable_only_for_the_outer_variable_is_solved_through_the_inner_sum():
+    """A dilated convolution's dx: delta(q, j + 2k) has no unit coefficient on the inner tap k,
+    so the two sums are merged and j (the output position) is solved instead."""
+    Wd, K = sp.symbols("Wd K", integer=True, positive=True)
+    e = sp.Sum(g[j] * sp.Sum(W[k] * sp.KroneckerDelta(q, j + 2 * k), (k, 0, K - 1)), (j, 0, Wd - 2 * K + 1))
+    out = eliminate_deltas(e, {q: Wd})
+    assert not out.has(sp.KroneckerDelta)
+    assert out == sp.Sum(W[k] * g[q - 2 * k] * Iverson(sp.And(q - 2 * k >= 0, q - 2 * k <= Wd - 2 * K + 1)),
+                         (k, 0, K - 1))
+
+
+def test_bracket_that_holds_over_the_free_indices_is_dropped():
+    """Zero padding's guard [0 <= r <= W - 1] at the gradient's own index r over W is always 1;
+    so is a flattened index's range."""
+    C, H, Wd = sp.symbols("C H Wd", integer=True, positive=True)
+    r, c, h, w = sp.symbols("r c h w", integer=True)
+    f = sp.Symbol("f", integer=True)
+    pad = sp.Sum(x[i, k] * sp.KroneckerDelta(k - 1, r) * Iverson(sp.And(k - 1 >= 0, k - 1 <= Wd - 1)),
+                 (k, 0, Wd + 1))
+    assert eliminate_deltas(pad, {r: Wd}) == x[i, r + 1]
+    flat = sp.Sum(g[f] * sp.KroneckerDelta(f, c * H * Wd + h * Wd + w), (f, 0, C * H * Wd - 1))
+    assert eliminate_deltas(flat, {c: C, h: H, w: Wd}) == g[c * H * Wd + h * Wd + w]

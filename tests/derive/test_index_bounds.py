@@ -155,3 +155,19 @@ def test_checker_refuses_an_index_that_nothing_binds():
 def test_checker_leaves_a_gather_to_the_runtime_id_check():
     ids = sp.IndexedBase("ids")
     _check(x[ids[p]], {p: N}, {"x": (W,), "ids": (N,)})
+
+
+def test_checker_proves_a_strided_window_over_a_floor_extent():
+    """stride 2: i over floor((W - K)/2) + 1, read x[2 i + k] (floor(a) <= a bounds it)."""
+    _check(sp.Sum(x[2 * i + k], (k, 0, K - 1)), {i: sp.floor((W - K) / 2) + 1}, {"x": (W,)})
+    with pytest.raises(DeriveError, match=r"index 2\*i \+ k"):
+        _check(sp.Sum(x[2 * i + k], (k, 0, K - 1)), {i: sp.floor((W - K) / 2) + 2}, {"x": (W,)})
+
+
+def test_checker_narrows_by_a_guard_with_a_stride_coefficient():
+    """Zero padding at stride 2: [0 <= 2 i + k - 1 <= W - 1] bounds k and, with 1/2, i."""
+    pos = 2 * i + k - 1
+    guard = Iverson(sp.And(pos >= 0, pos <= W - 1))
+    _check(sp.Sum(x[pos] * guard, (k, 0, K - 1)), {i: sp.floor((W - K + 1) / 2) + 1}, {"x": (W,)})
+    with pytest.raises(DeriveError, match=r"index 2\*i \+ k - 1"):
+        _check(sp.Sum(x[pos] * Iverson(pos <= W - 1), (k, 0, K - 1)), {i: W}, {"x": (W,)})
