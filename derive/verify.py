@@ -43,7 +43,10 @@ torch.autograd.gradcheck: `|a - fd| <= atol + rtol * |fd|` (all elements for a s
 three random directions `u . grad` for a larger one). Cases: `trials` random shapes and points,
 all dims 1, each dim 1 in turn (batch of one, feature size one), and where the definition calls
 for it large logits (rows offset by +-1e3, for max-subtracted exps), near-constant rows (normalizations) and masked positions
-(indicators such as a causal mask).
+(indicators such as a causal mask). Where the gradient goes through a max (max pooling), a case of
+ties (inputs in -1, 0, 1): a max has no derivative at a tie, so that case is judged against the
+derivation's tie rule (the first maximum, as PyTorch) alone, without finite differences. A shape at
+which an index has no range (a pooling window larger than its input) is never a case.
 """
 
 from __future__ import annotations
@@ -171,7 +174,7 @@ class VerifyReport:
 
     @property
     def fd_max_abs_error(self) -> float | None:
-        vals = [c.fd_abs for c in self.cases]
+        vals = [c.fd_abs for c in self.cases if c.fd_abs is not None]  # None: a case of ties
         return max(vals) if vals else None
 
     def as_dict(self) -> dict:
@@ -346,6 +349,11 @@ def _features(d):
     return large, near, masked
 
 
+def _through_max(d) -> bool:
+    """Does the gradient flow through a max (max pooling; not softmax's stop_gradient max)?"""
+    return any(not b.stop_gradient and b.expr.has(MaxOver) for b in d.graph.bindings)
+
+
 def _dim_roles(d) -> dict:
     """'batch of one' for the first axis and 'feature size one' for the last axis of the first
     floating input; other dims are named by their symbol."""
@@ -360,44 +368,64 @@ def _dim_roles(d) -> dict:
     return roles
 
 
+def _valid(d, dims) -> bool:
+    """Does every index run over at least one value at these dims (a pooling window or a
+    convolution's kernel no larger than its padded input)?"""
+    return all(int(sp.sympify(e).subs(dims)) >= 1 for e in d.graph.extents.values())
+
+
 def _cases(d, trials, seed, shapes) -> list[_Case]:
     dims = list(d.graph.dims_)
     rng = np.random.default_rng(seed)
 
-    def rand():
-        return {s: int(rng.integers(2, 5)) for s in dims}
+    def rand(fixed=None):
+        """Dims from 2..4 (`fixed` kept), drawn again until every index has a range; None if
+        50 draws found none."""
+        for _ in range(50):
+            dd = {s: int(rng.integers(2, 5)) for s in dims}
+            dd.update(fixed or {})
+            if _valid(d, dd):
+                return dd
+        return None
 
     cases = []
     if shapes:
         by_name = {str(s): s for s in dims}
         for n, sh in enumerate(shapes):
-            dd = rand()
+            fixed = {}
             for k, v in dict(sh).items():
                 key = by_name.get(str(k))
                 if key is None:
                     raise CandidateError(f"shapes= names dim '{k}' but {d.name} has dims "
                                          f"{', '.join(by_name) or '(none)'}")
-                dd[key] = int(v)
+                fixed[key] = int(v)
+            dd = rand(fixed)
+            if dd is None:
+                raise CandidateError(f"shapes= {dict(sh)} leaves an index of {d.name} with no "
+                                     f"range (a window larger than its input?)")
             cases.append(_Case(f"shape {n + 1}", dd, "normal", seed * 1000 + n))
         return cases
+
+    def add(label, dd, kind, k):
+        if dd is not None and _valid(d, dd):  # a case that cannot exist (pool of 2 over 1) is left out
+            cases.append(_Case(label, dd, kind, seed * 1000 + k))
     for n in range(trials):
-        cases.append(_Case(f"random {n + 1}", rand(), "normal", seed * 1000 + n))
+        add(f"random {n + 1}", rand(), "normal", n)
     if dims:
-        cases.append(_Case("all dims 1", {s: 1 for s in dims}, "normal", seed * 1000 + 100))
+        add("all dims 1", {s: 1 for s in dims}, "normal", 100)
     roles = _dim_roles(d)
     if len(dims) > 1:
         for n, s in enumerate(dims):
-            dd = rand()
-            dd[s] = 1
-            cases.append(_Case(roles.get(s, f"{s}=1"), dd, "normal", seed * 1000 + 200 + n))
+            add(roles.get(s, f"{s}=1"), rand({s: 1}), "normal", 200 + n)
     large, near, masked = _features(d)
     if large:
-        cases.append(_Case("large logits (+-1e3)", rand(), "large", seed * 1000 + 300))
+        add("large logits (+-1e3)", rand(), "large", 300)
     if near:
-        cases.append(_Case("near-constant rows", rand(), "near_constant", seed * 1000 + 400))
+        add("near-constant rows", rand(), "near_constant", 400)
     if masked:
-        cases.append(_Case("masked positions", {s: int(rng.integers(3, 5)) for s in dims},
-                           "normal", seed * 1000 + 500))
+        add("masked positions", {s: int(rng.integers(3, 5)) for s in dims}, "normal", 500)
+    if _through_max(d):
+        add("ties (inputs in -1, 0, 1)", {s: int(rng.integers(3, 5)) for s in dims}, "ties", 600)
     return cases
 
 
@@ -427,6 +455,10 @@ def _point(inst: _Instance, case: _Case, int_ranges):
             a = rng.standard_normal(shape[:-1] + (1,)) + 1e-4 * a
         elif case.kind == "simple":
             a = _simple(a, rng)
+        elif case.kind == "ties" and t.role == "input":
+            # every max over a few of these has ties: the gradient must go where the layer's
+            # tie rule sends it (max pooling: the first maximum, as PyTorch)
+            a = rng.integers(-1, 2, size=shape).astype(np.float64)
         args[t.name] = np.asarray(a, dtype=np.float64) if shape else float(a)
     upstream = {}
     for u, o in inst.ups.items():
@@ -766,6 +798,13 @@ def _judge(d, wrt, cand, cases, settings, *, eps, atol, rtol, seed, vjp_rtol,
             report.cases.append(CaseResult(case.label, _dims_dict(case.dims), math.inf, math.inf,
                                            math.inf, "-", False, bad))
             continue
+        if case.kind == "ties":  # a max has no derivative at a tie: the derived rule is the reference
+            ok, worst, rel, index = _compare(expected, got, vjp_rtol)
+            report.cases.append(CaseResult(case.label, _dims_dict(case.dims), worst, rel, None,
+                                           "none at ties", ok, None if ok else index))
+            if not ok and failing is None:
+                failing = case
+            continue
         mode, fd = _finite_differences(inst, args, upstream, wrt, eps, fd_rng)
         fd_derived, ok_derived = _fd_error(mode, fd, expected, atol, rtol)
         if not ok_derived:
@@ -829,6 +868,8 @@ def _shrink(d, wrt, cand, failing: _Case, int_ranges, vjp_rtol) -> Counterexampl
     try:
         for cfg in configs:
             dims = dict(zip(syms, cfg))
+            if not _valid(d, dims):
+                continue
             try:
                 inst = _Instance(d, dims, wrt)
             except (DeriveError, ValueError, TypeError):
