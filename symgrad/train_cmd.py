@@ -1,7 +1,7 @@
 """`symgrad train`, `symgrad sample` and `symgrad bench train`.
 
-    symgrad train gpt|mlp|rnn|lstm|word2vec [--steps N --lr X --optimizer NAME --batch-size B
-                                              --seed S --out DIR --resume CKPT ...]
+    symgrad train gpt|mlp|rnn|lstm|word2vec|cnn [--steps N --lr X --optimizer NAME --batch-size B
+                                                  --seed S --out DIR --resume CKPT ...]
     symgrad sample CHECKPOINT [--tokens N --temperature T --top-k K --prompt TEXT --seed S]
     symgrad bench train [--peer eager|fused|compile|all] [--load [N]] [--threads N] [--rounds R]
                         [--steps S] [--profile] [--json]
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from symgrad.usage import Parser, UsageError
 
-MODELS = ("gpt", "mlp", "rnn", "lstm", "word2vec")
+MODELS = ("gpt", "mlp", "rnn", "lstm", "word2vec", "cnn")
 
 
 def _int_at_least(lo):
@@ -69,7 +69,7 @@ GPT_SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "dtype")
 def _train_parser():
     p = Parser(prog="symgrad train", description="Train a model with the JIT-compiled kernels.")
     p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
-    p.add_argument("--steps", type=_positive_int, help="total training steps (default per model)")
+    p.add_argument("--steps", type=_positive_int, help="total training steps (default per model; epochs for cnn)")
     p.add_argument("--lr", type=_lr, help="learning rate (default per model/optimizer)")
     p.add_argument("--optimizer", help="sgd, gd, momentum, nesterov, adagrad, rmsprop, adam, adamw")
     p.add_argument("--schedule", default="constant", help="constant, step, cosine")
@@ -128,6 +128,9 @@ def _train(argv) -> int:
     _common_checks(a)
     if a.model == "gpt":
         return _train_gpt(a)
+    if a.model == "cnn":
+        from models import cnn
+        return cnn.train_cli(a, UsageError)
     from models import zoo
     return zoo.train_cli(a, UsageError)
 
