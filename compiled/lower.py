@@ -189,6 +189,7 @@ class Lowerer:
     def lower(self, target: str, idx: tuple, expr):
         """Emit statements computing target[idx] = expr (idx: index symbols; () for a scalar)."""
         self.hint = tuple(idx)
+        expr = bound_sums(expr)
         expr = self.unique_bound(expr)
         expr = self.lower_contractions(expr)
         # a contraction term written straight into the target, the rest added in place
@@ -624,6 +625,65 @@ class Lowerer:
 
         best = min(range(len(cands)), key=lambda n: (rank(cands[n]), n))
         return [by_var[v] for v in cands[best]]
+
+
+def bound_sums(expr):
+    """Each sum whose body is multiplied by a bracket on its own variable, affine in it,
+    `sum_j [0 <= r - 2 j <= 1] f(j)`, as a sum over the range the bracket allows,
+    `sum_{j = max(0, ceil((r - 1)/2))}^{min(J - 1, floor(r/2))} f(j)` (an empty range is an empty
+    loop). A convolution's dx and a pooling's backward visit each input's few windows instead of
+    testing every output position against it (max_pool2d's dx: every window per element).
+    Brackets that relate two variables of the same sum, or are not affine with integer
+    coefficients, stay as they are. Only the printed loops change; the derived expression, which
+    docs and the reference evaluator read, does not."""
+    def visit(e):
+        if isinstance(e, (sp.Indexed, sp.IndexedBase)) or not e.args:
+            return e
+        new = [visit(a) for a in e.args]
+        e = e.func(*new) if new != list(e.args) else e
+        if not isinstance(e, sp.Sum):
+            return e
+        body, limits, changed = e.function, [list(l) for l in e.limits], False
+        for n, lim in enumerate(limits):
+            v = lim[0]
+            inner = {l[0] for l in limits[:n]}
+            factors = list(sp.Mul.make_args(body))
+            for f in [f for f in factors if isinstance(f, Iverson)]:
+                kept, bounds = [], []
+                for rel in _conjuncts(f.args[0]):
+                    b = _bound_of(rel, v) if v in rel.free_symbols and not rel.free_symbols & inner else None
+                    (kept if b is None else bounds).append(rel if b is None else b)
+                if not bounds:
+                    continue
+                for upper, bnd in bounds:
+                    lim[2 if upper else 1] = sp.Min(lim[2], bnd) if upper else sp.Max(lim[1], bnd)
+                factors[factors.index(f)] = Iverson(sp.And(*kept)) if kept else sp.Integer(1)
+                changed = True
+            body = sp.Mul(*factors)
+        return sp.Sum(body, *map(tuple, limits)) if changed else e
+
+    return visit(expr)
+
+
+def _conjuncts(cond):
+    return list(cond.args) if isinstance(cond, sp.And) else [cond]
+
+
+def _bound_of(rel, v):
+    """(upper?, bound): `rel`, an affine relation c v + rest (<=, <, >=, >) 0 with c an integer,
+    as v <= floor(-rest / c) or v >= ceiling(rest / -c); None otherwise."""
+    kind = {sp.LessThan: (1, 0), sp.StrictLessThan: (1, 1), sp.GreaterThan: (-1, 0),
+            sp.StrictGreaterThan: (-1, 1)}.get(type(rel))
+    if kind is None:
+        return None
+    sign, strict = kind
+    d = sp.expand(sign * (rel.lhs - rel.rhs) + strict)  # the relation is d <= 0 (integers)
+    c = d.coeff(v)
+    rest = sp.expand(d - c * v)
+    if not c.is_Integer or c == 0 or v in rest.free_symbols or \
+            not all(t.is_integer for t in rest.free_symbols):
+        return None
+    return (True, sp.floor(-rest / c)) if c > 0 else (False, sp.ceiling(rest / -c))
 
 
 def _affine_bound(guard, v):

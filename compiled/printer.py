@@ -152,6 +152,12 @@ class NumbaPrinter(StrPrinter):
             return f"(({self._index(num)}) // ({self._index(den)}))"
         return f"np.floor({self._print(a)})"
 
+    def _print_ceiling(self, e):
+        if not self.index:
+            raise PrintError(f"ceiling outside an index: {e}")
+        num, den = sp.together(e.args[0]).as_numer_denom()  # a sum's lower bound: ceil(a/b) = -(-a // b)
+        return f"(-((-({self._index(num)})) // ({self._index(den)})))"
+
     def _print_Function(self, e):
         if e.func in self.calls or e.func in _CALLS:
             if self.index:

@@ -206,6 +206,37 @@ def _cases(B=12, T=64, C=128, H=4, V=65):
         y = o.transpose(1, 2).reshape(B, T, C) @ tp["Wo"].reshape(C, C) + tp["bo"]
         y.backward(tgm)
     out.append(("multihead_attention", sg_mha, th_mha))
+
+    # LeNet's first convolution and pooling: 32 images 28x28, 6 filters 5x5, then 2x2 max pooling
+    Nc, Cc, Oc, S, K = 32, 1, 6, 28, 5
+    k_cv = compiled.kernels("conv2d", "float32")
+    xc, wc, bc, gc = r(Nc, Cc, S, S), r(Oc, Cc, K, K, scale=0.2), r(Oc), r(Nc, Oc, S - K + 1, S - K + 1)
+    boc2 = {"x": np.empty_like(xc), "w": np.empty_like(wc), "b": np.empty_like(bc)}
+
+    def sg_conv2d():
+        f = k_cv.forward(x=xc, w=wc, b=bc)
+        k_cv.backward(g=gc, x=xc, w=wc, b=bc, **f, out=boc2)
+    txc, twc, tbc, tgc = tt(xc), tt(wc), tt(bc), torch.from_numpy(gc)
+
+    def th_conv2d():
+        txc.grad = twc.grad = tbc.grad = None
+        TF.conv2d(txc, twc, tbc).backward(tgc)
+    out.append(("conv2d", sg_conv2d, th_conv2d))
+
+    k_mp = compiled.kernels("max_pool2d", "float32")
+    S2 = S - K + 1
+    xp, gp = r(Nc, Oc, S2, S2), r(Nc, Oc, S2 // 2, S2 // 2)
+    bop = {"x": np.empty_like(xp)}
+
+    def sg_max_pool2d():
+        f = k_mp.forward(x=xp)
+        k_mp.backward(g=gp, x=xp, **f, out=bop)
+    txp, tgp = tt(xp), torch.from_numpy(gp)
+
+    def th_max_pool2d():
+        txp.grad = None
+        TF.max_pool2d(txp, 2).backward(tgp)
+    out.append(("max_pool2d", sg_max_pool2d, th_max_pool2d))
     return out
 
 
@@ -256,7 +287,9 @@ def _threading_layer():
 def bench_main(argv) -> int:
     p = argparse.ArgumentParser(prog="symgrad bench kernels",
                                 description="Forward+backward of the compiled kernels vs PyTorch eager "
-                                            "(B=12, T=64, C=128, 4 heads, vocab 65; 2 threads each unless --threads).")
+                                            "(B=12, T=64, C=128, 4 heads, vocab 65; conv2d and max_pool2d at LeNet's "
+                                            "first layer: 32 x 1 x 28 x 28, 6 filters 5x5, 2x2 pooling; 2 threads each "
+                                            "unless --threads).")
     p.add_argument("--json", action="store_true", help="print a JSON list of results")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--only", nargs="*", help="kernels to run (default: all)")
