@@ -21,11 +21,17 @@ class GPTTask(Task):
         self.model = GPT(model_cfg, seed=seed)
         self.batch_size, self.seed, self.eval_iters = batch_size, seed, eval_iters
         self.rng = np.random.default_rng(seed + 1)
-        self.tokens_per_step = batch_size * model_cfg.block_size
+        self.tokens_per_step = batch_size * model_cfg.block_size  # of the global batch
+        self.rows = slice(None)  # the rows of every batch this process computes (set_rows)
+
+    def set_rows(self, lo: int, hi: int):
+        """Data-parallel training (models.distributed): compute rows lo:hi of every global batch of
+        `batch_size`; the batches drawn, and so the RNG, stay those of the one-process run."""
+        self.rows = slice(lo, hi)
 
     def train_step(self) -> float:
         x, y = self.data.batch("train", self.batch_size, self.rng)
-        _, loss = self.model(x, y)
+        _, loss = self.model(x[self.rows], y[self.rows])
         if np.isfinite(loss):
             self.model.backward()
         else:
@@ -37,8 +43,8 @@ class GPTTask(Task):
         rng = np.random.default_rng(self.seed + 2)
         self.model.eval()
         try:
-            return float(np.mean([self.model(*self.data.batch("val", self.batch_size, rng))[1]
-                                  for _ in range(self.eval_iters)]))
+            batches = (self.data.batch("val", self.batch_size, rng) for _ in range(self.eval_iters))
+            return float(np.mean([self.model(x[self.rows], y[self.rows])[1] for x, y in batches]))
         finally:
             self.model.train()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, distributed
 
 
 class TrainingStopped(RuntimeError):
@@ -69,20 +69,29 @@ def set_rng_state(rng: np.random.Generator, state: dict):
 
 class Trainer:
     def __init__(self, task: Task, model, optimizer, out_dir, eval_interval=250, log=print,
-                 progress=True):
+                 progress=True, world=None):
         self.task, self.model, self.opt = task, model, optimizer
+        # data-parallel under `mpirun -n K` (models.distributed); one process: hooks that do nothing
+        self.world = distributed.world() if world is None else world
         self.out_dir = Path(out_dir)
         self.ckpt_path = self.out_dir / "ckpt.npz"
         checkpoint.check_target(self.ckpt_path)  # before training, not at the first save
         self.eval_interval = eval_interval
         self.state = RunState()
-        self.log = log
-        self.progress = progress
+        self.log = log if self.world.root else (lambda *a, **k: None)
+        self.progress = progress and self.world.root
         self.last_saved_step = None
         self._interrupted = False
+        self._sigint = False  # Ctrl-C seen here; under MPI the ranks stop when one has seen it
 
     # --- checkpoints ---------------------------------------------------------------
     def save(self):
+        """Write the checkpoint (rank 0 alone, after the ranks' checksums agree)."""
+        self.world.check_replicas(self)
+        self.world.on_root(self._write)
+        self.last_saved_step = self.state.step
+
+    def _write(self):
         meta = {"kind": self.task.kind, "config": self.task.config(), "step": self.state.step,
                 "rng": self.task.rng_state(), "history": self.state.history,
                 "val_history": self.state.val_history}
@@ -95,7 +104,6 @@ class Trainer:
         except (checkpoint.CheckpointError, OSError) as e:
             raise TrainingStopped(f"step {self.state.step}: cannot write {self.ckpt_path}: {e}; "
                                   f"training stopped ({self._kept()})") from None
-        self.last_saved_step = self.state.step
 
     def _kept(self) -> str:
         if self.last_saved_step is None:
@@ -121,12 +129,14 @@ class Trainer:
 
     # --- loop ----------------------------------------------------------------------
     def _on_sigint(self, signum, frame):
-        if self._interrupted:  # a second Ctrl-C: stop now
+        if self._interrupted or self._sigint:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
-        self._interrupted = True
+        self._sigint = True
+        if self.world.size == 1:
+            self._interrupted = True
 
     def evaluate(self):
-        v = self.task.val_loss()
+        v = self.world.average(self.task.val_loss())
         self.state.val_history.append([self.state.step, v])
         return v
 
@@ -134,6 +144,7 @@ class Trainer:
         """Train until `steps` total steps (counting those before a resume)."""
         from tqdm import tqdm
 
+        self.world.start(self, steps)  # MPI: the ranks agree on the run and take rank 0's state
         old = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         start = self.state.step
         bar = tqdm(total=steps, initial=start, disable=not self.progress, unit="step",
@@ -143,6 +154,8 @@ class Trainer:
             while self.state.step < steps:
                 self.model.zero_grad()
                 loss = self.task.train_step()
+                loss, stop = self.world.reduce(loss, self._sigint)  # MPI: the one gradient allreduce
+                self._interrupted = self._interrupted or stop
                 if not math.isfinite(loss):
                     raise TrainingStopped(f"loss became {loss} at step {self.state.step + 1}; training "
                                           f"stopped ({self._kept()}); try a lower learning rate")
@@ -156,7 +169,8 @@ class Trainer:
                 s = self.state.step
                 if s % self.eval_interval == 0 or s == steps:
                     v = self.evaluate()
-                    bar.write(f"step {s:6d}  train loss {loss:.4f}  val loss {v:.4f}")
+                    if self.world.root:
+                        bar.write(f"step {s:6d}  train loss {loss:.4f}  val loss {v:.4f}")
                     if not math.isfinite(v):  # the parameters may be finite, the model is not
                         raise TrainingStopped(f"val loss became {v} at step {s}; training stopped "
                                               f"({self._kept()}); try a lower learning rate")
@@ -179,12 +193,15 @@ class Trainer:
         try:
             state = self.run(steps)
         except TrainingStopped as e:
-            print(f"symgrad train: {e}", file=sys.stderr)
+            if self.world.root:
+                print(f"symgrad train: {e}", file=sys.stderr)
             return 1
         if self._interrupted:
             return 130
-        if state.val_history:
+        if state.val_history and self.world.root:
             print("val loss: " + ", ".join(f"{s}: {v:.3f}" for s, v in state.val_history))
+        if self.world.summary() is not None and self.world.root:
+            print(self.world.summary())
         return None
 
 

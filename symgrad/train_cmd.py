@@ -12,6 +12,10 @@ stderr with exit status 2; nothing is written before the input has been checked,
 checkpoint is never overwritten by a new run. An --out that cannot hold a checkpoint is refused
 before training; a run that diverges stops and keeps its last finite checkpoint.
 
+Under `mpirun -n K` (mpi4py installed, `pip install -e ".[mpi]"`) `symgrad train gpt` trains
+data-parallel: --batch-size is the global batch, split over the K ranks; rank 0 alone prints and
+writes checkpoints, and a checkpoint resumes under any K (see models/distributed.py).
+
 --resume CKPT continues that run and writes back to CKPT itself. It keeps the checkpoint's model
 shape, batch size, seed, vocabulary and optimizer (giving another is refused), and its learning
 rate, schedule, weight decay, gradient clipping, eval interval and total steps unless --lr,
@@ -101,11 +105,27 @@ def _new_out_dir(model: str) -> Path:
 
 def train_main(argv) -> int:
     from models.checkpoint import CheckpointError
+    from models.distributed import DistributedError, world
     from models.sample import SampleError
     try:
-        return _train(list(argv))
-    except (UsageError, CheckpointError, SampleError) as e:
+        w = world()  # under mpirun -n K: the MPI world (mpi4py), else one process
+    except DistributedError as e:
         return _fail("symgrad train", e)
+    try:
+        return _train(list(argv))
+    except DistributedError as e:  # raised on every rank alike (the ranks agreed on it)
+        return _fail("symgrad train", e) if w.root else 2
+    except (UsageError, CheckpointError, SampleError) as e:
+        msg = w.fail(str(e))  # MPI: the ranks agree on it, rank 0 prints one line
+        return _fail("symgrad train", msg) if msg is not None else 2
+    except SystemExit:
+        raise
+    except BaseException:
+        if w.size > 1:  # a lone failure: stop the job, not leave the other ranks waiting
+            import traceback
+            traceback.print_exc()
+            w.abort(1)
+        raise
 
 
 def _common_checks(a):
@@ -126,6 +146,10 @@ def _common_checks(a):
 def _train(argv) -> int:
     a = _train_parser().parse_args(argv)
     _common_checks(a)
+    from models.distributed import world
+    if world().size > 1 and a.model != "gpt":
+        raise UsageError(f"data-parallel training (mpirun, {world().size} ranks) is implemented for gpt, not "
+                         f"{a.model}; run it in one process")
     if a.model == "gpt":
         return _train_gpt(a)
     if a.model == "cnn":
@@ -234,6 +258,7 @@ def _train_gpt(a) -> int:
 
     task.config = config
     trainer = Trainer(task, task.model, opt, out, eval_interval=eval_interval, progress=not a.no_progress)
+    say = print if trainer.world.root else (lambda *a: None)  # under MPI, rank 0 alone prints
     if ck is not None:
         try:
             trainer.restore(ck)
@@ -241,14 +266,17 @@ def _train_gpt(a) -> int:
             raise
         except ValueError as e:
             raise UsageError(f"checkpoint {ck['path']} does not fit the model: {e}") from None
-        print(f"resuming {ck['path']} at step {trainer.state.step}")
+        say(f"resuming {ck['path']} at step {trainer.state.step}")
     else:
-        print(f"training GPT ({task.model.num_parameters():,} parameters, {cfg.n_layer} layers, "
-              f"{cfg.n_head} heads, {cfg.n_embd} dims, block {cfg.block_size}, batch {batch}) with "
-              f"{opt_name} lr {lr} for {steps} steps -> {out}")
+        say(f"training GPT ({task.model.num_parameters():,} parameters, {cfg.n_layer} layers, "
+            f"{cfg.n_head} heads, {cfg.n_embd} dims, block {cfg.block_size}, batch {batch}) with "
+            f"{opt_name} lr {lr} for {steps} steps -> {out}"
+            + (f", data-parallel over {trainer.world.size} MPI ranks" if trainer.world.size > 1 else ""))
     rc = trainer.run_for_cli(steps)
     if rc is not None:
         return rc
+    if not trainer.world.root:
+        return 0
     print(f"checkpoint: {trainer.ckpt_path}")
     if a.sample_tokens > 0:
         vocab = task.data.vocab
