@@ -70,7 +70,10 @@ class _Shapes:
                     s = sp.sympify(s)
                     if d in s.free_symbols and (s.free_symbols - {d}) <= {x for x in self.dimsyms if str(x) in self.first}:
                         n = sp.Symbol("_n", positive=True, integer=True)
-                        sol = sp.solve(sp.Eq(s, n), d)
+                        try:
+                            sol = sp.solve(sp.Eq(s, n), d)
+                        except NotImplementedError:  # floor(H/2): read H off another argument
+                            continue
                         if len(sol) == 1:
                             self.solved[str(d)] = (p.name, ax, sp.lambdify([n] + self.dimsyms, sol[0], "math"))
                             break
@@ -325,14 +328,15 @@ def _resolve(name_or_derivation):
     return name_or_derivation
 
 
-def kernels(name_or_derivation, dtype: str = "float32", blas: bool = True) -> Kernels:
-    """The compiled kernels of a built-in layer (by name) or of any `derive.define` derivation."""
+def kernels(name_or_derivation, dtype: str = "float32", blas: bool = True, parallel: bool = True) -> Kernels:
+    """The compiled kernels of a built-in layer (by name) or of any `derive.define` derivation
+    (`parallel=False`: no prange loops; see compiled.build.module_source)."""
     if isinstance(dtype, type) or isinstance(dtype, np.dtype):
         dtype = np.dtype(dtype).name
     if dtype not in _DTYPES:
         raise KernelError(f"kernels: dtype must be 'float32' or 'float64', got {dtype!r}")
     d = _resolve(name_or_derivation)
-    key = layer_key(d, dtype + ("" if blas else "-noblas"))
+    key = layer_key(d, dtype + ("" if blas else "-noblas") + ("" if parallel else "-serial"))
     with _lock:
         hit = _loaded.get(key)
         if hit is not None:
@@ -342,7 +346,7 @@ def kernels(name_or_derivation, dtype: str = "float32", blas: bool = True) -> Ke
         built = {}
 
         def make():
-            src, fwd, bwd = module_source(d, dtype, key, blas)
+            src, fwd, bwd = module_source(d, dtype, key, blas, parallel)
             built["specs"] = (fwd, bwd)
             return src
 

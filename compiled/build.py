@@ -180,8 +180,9 @@ def pointwise(expr):
 class ModuleBuilder:
     """Builds the forward and backward kernels of one derivation for one dtype."""
 
-    def __init__(self, d, dtype: str, blas: bool = True):
+    def __init__(self, d, dtype: str, blas: bool = True, parallel: bool = True):
         self.d, self.g, self.dtype, self.blas = d, d.graph, dtype, blas
+        self.parallel_min = PARALLEL_MIN if parallel else None  # None: no prange loops at all
         self.quoted = quoted(d)  # the docstrings' text (part of the key)
         self.fname = ident(d.name)
         # float32: exp/tanh/erf print as compiled.elementary's vectorizable helpers
@@ -383,7 +384,7 @@ class ModuleBuilder:
         self.index_names(names, taken, index_syms)
         w = KernelWriter(names, index_syms, low.extents, self.calls, self.used,
                          temps=[n for n, _ in temps] + [t.name for t in low.out.temps],
-                         parallel_min=PARALLEL_MIN, blas_one_thread=blas_backend() == "mkl")
+                         parallel_min=self.parallel_min, blas_one_thread=blas_backend() == "mkl")
         w.taken |= taken | RESERVED  # a loop index named pool_threads must not shadow the helper
         body = w.write(low.out.stmts)
         self.helpers |= w.helpers
@@ -436,9 +437,10 @@ def w_index(s, names):
     return print_index(sp.sympify(s), names)
 
 
-def module_source(d, dtype: str, key: str, blas: bool = True):
-    """The full text of the generated module and its two kernel specs."""
-    mb = ModuleBuilder(d, dtype, blas)
+def module_source(d, dtype: str, key: str, blas: bool = True, parallel: bool = True):
+    """The full text of the generated module and its two kernel specs (`parallel=False`: serial
+    loops only, which Numba compiles several times faster: compiled.second_order's kernels)."""
+    mb = ModuleBuilder(d, dtype, blas, parallel)
     fwd = mb.forward()
     bwd = mb.backward()
     formulas = "\n".join(f"    {t}" for t in mb.quoted["simplified"]) or "    (no gradients)"
