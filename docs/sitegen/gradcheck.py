@@ -68,8 +68,20 @@ def _reference():
 
 
 def check_dims(d) -> dict:
-    """{dim symbol: small value} for a layer's dims, in declaration order."""
-    return {s: CHECK_DIMS[n % len(CHECK_DIMS)] for n, s in enumerate(d.graph.dims_)}
+    """{dim symbol: small value} for a layer's dims, in declaration order; a dim that leaves an
+    index with no range (conv2d's 5x5 kernel over 3 rows) is raised until every index has one."""
+    import sympy as sp
+
+    dims = {s: CHECK_DIMS[n % len(CHECK_DIMS)] for n, s in enumerate(d.graph.dims_)}
+    for _ in range(16):
+        empty = [sp.sympify(e) for e in d.graph.extents.values() if int(sp.sympify(e).subs(dims)) < 1]
+        if not empty:
+            break
+        e = empty[0]
+        for s in e.free_symbols & set(dims):  # grow the sizes the extent grows with (W, not K)
+            if int(e.subs({**dims, s: dims[s] + 2})) > int(e.subs(dims)):
+                dims[s] += 2
+    return dims
 
 
 def _value(shape, dims):
