@@ -186,8 +186,12 @@ def _read_sealed(path):
 
 def sibling_module(here, stem: str):
     """The kernel module `stem` from the cache folder that holds the file `here` (how a printed
-    training step imports the kernels it calls); the name is the one `compiled.kernels` gives it."""
-    return import_file(Path(here).parent / f"{stem}.py", f"symgrad_kernels.{stem}")
+    training step imports the kernels it calls); the name is the one `compiled.kernels` gives it.
+    A module of that name already loaded is the one: the stem holds the key, a hash of everything
+    the file is printed from, so it is the same kernel even when it was loaded from another cache
+    folder (SYMGRAD_CACHE_DIR changed within the process after the kernel was loaded)."""
+    name = f"symgrad_kernels.{stem}"
+    return sys.modules.get(name) or import_file(Path(here).parent / f"{stem}.py", name)
 
 
 __all__ = ["sibling_module", "cache_dir", "ensure", "import_file", "write_atomic", "seal", "unseal", "read_valid",
