@@ -9,7 +9,6 @@ recomputes them.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import keyword
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from derive import steps
+from derive.cache import canonical  # one text of a graph, for cache keys (derive's too)
 from derive.derivation import lhs_of
 from derive.errors import DeriveError
 from derive.functions import Iverson, MaxOver
@@ -138,24 +138,8 @@ def layer_key(d, dtype: str) -> str:
     h = hashlib.sha256()
     h.update(f"{GENERATOR_VERSION}|{BLAS_TAG}|{dtype}|prange:{PRANGE_LAYER}:{PARALLEL_MIN}|".encode())
     for part in (d.graph, d.program, list(d.grads), quoted(d)):
-        h.update(_canonical(part).encode() + b"|")
+        h.update(canonical(part).encode() + b"|")
     return h.hexdigest()[:16]
-
-
-def _canonical(x) -> str:
-    """A text that differs when x differs: SymPy objects by srepr (assumptions included),
-    dataclasses field by field. Anything else by repr, so an object without a stable repr
-    only costs a rebuild, never a stale hit."""
-    if isinstance(x, sp.Basic):
-        return sp.srepr(x)
-    if dataclasses.is_dataclass(x):
-        return type(x).__name__ + "(" + ",".join(f"{f.name}={_canonical(getattr(x, f.name))}"
-                                                 for f in dataclasses.fields(x)) + ")"
-    if isinstance(x, dict):
-        return "{" + ",".join(f"{_canonical(k)}:{_canonical(v)}" for k, v in x.items()) + "}"
-    if isinstance(x, (list, tuple)):
-        return "[" + ",".join(_canonical(v) for v in x) + "]"
-    return repr(x)
 
 
 def quoted(d) -> dict:

@@ -7,6 +7,7 @@ The directory is `$SYMGRAD_CACHE_DIR/derivations` (default `~/.cache/symgrad/der
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -15,6 +16,22 @@ import tempfile
 from pathlib import Path
 
 import sympy
+
+
+def canonical(x) -> str:
+    """A text that differs when x differs: SymPy objects by srepr (assumptions included),
+    dataclasses field by field. Anything else by repr, so an object without a stable repr
+    only costs a rebuild, never a stale hit."""
+    if isinstance(x, sympy.Basic):
+        return sympy.srepr(x)
+    if dataclasses.is_dataclass(x):
+        return type(x).__name__ + "(" + ",".join(f"{f.name}={canonical(getattr(x, f.name))}"
+                                                 for f in dataclasses.fields(x)) + ")"
+    if isinstance(x, dict):
+        return "{" + ",".join(f"{canonical(k)}:{canonical(v)}" for k, v in x.items()) + "}"
+    if isinstance(x, (list, tuple)):
+        return "[" + ",".join(canonical(v) for v in x) + "]"
+    return repr(x)
 
 
 def cache_dir() -> Path:

@@ -21,7 +21,6 @@ keyed by the layer's definition, the source of derive/ and the SymPy version.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -292,20 +291,7 @@ def second_order(name_or_derivation) -> SecondOrder:
 
 def definition_key(graph: Graph) -> str:
     """A hash of everything the forward definition says (the cache adds derive/'s source)."""
-    return hashlib.sha256(_canonical(graph).encode()).hexdigest()[:16]
-
-
-def _canonical(x) -> str:
-    if isinstance(x, sp.Basic):
-        return sp.srepr(x)
-    if dataclasses.is_dataclass(x):
-        return type(x).__name__ + "(" + ",".join(f"{f.name}={_canonical(getattr(x, f.name))}"
-                                                 for f in dataclasses.fields(x)) + ")"
-    if isinstance(x, dict):
-        return "{" + ",".join(f"{_canonical(k)}:{_canonical(v)}" for k, v in x.items()) + "}"
-    if isinstance(x, (list, tuple)):
-        return "[" + ",".join(_canonical(v) for v in x) + "]"
-    return repr(x)
+    return hashlib.sha256(cache.canonical(graph).encode()).hexdigest()[:16]
 
 
 def _safe(name):
