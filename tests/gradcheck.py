@@ -21,6 +21,26 @@ def central_differences(loss, args: dict, name: str, eps: float = 1e-6) -> np.nd
     return out
 
 
+def upstream_for(d, args, rng) -> dict:
+    """A random upstream gradient for each of `d`'s outputs at `args` (shapes from derive's
+    reference forward)."""
+    from derive import reference
+
+    outs = reference.forward(d, args)
+    return {d.upstream(o.name): rng.standard_normal(np.shape(outs[o.name])) for o in d.outputs}
+
+
+def reference_loss(d, ups):
+    """L(args) = sum over outputs of ups * output, by derive's reference forward: what central
+    differences of a layer's VJP differentiate."""
+    from derive import reference
+
+    def loss(a):
+        outs = reference.forward(d, a)
+        return sum(float(np.sum(ups[d.upstream(o.name)] * outs[o.name])) for o in d.outputs)
+    return loss
+
+
 def assert_close(layer: str, arg: str, got, want, rtol: float, what: str):
     """max |got - want| <= rtol * max(1, max |want|), else a message naming the worst element."""
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)

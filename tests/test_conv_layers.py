@@ -21,7 +21,7 @@ import pytest
 import derive
 from derive import reference
 from tests import torch_layers
-from tests.gradcheck import assert_close, central_differences
+from tests.gradcheck import assert_close, central_differences, reference_loss, upstream_for
 
 STEP = 1e-3
 TOL = 1e-10
@@ -54,18 +54,6 @@ POOLS = ["max_pool2d", "max_pool2d_k3_s1", "max_pool2d_k3", "max_pool2d_k1_s1", 
          "avg_pool2d_k3_s1"]
 
 
-def _upstream(d, args, rng):
-    outs = reference.forward(d, args)
-    return {d.upstream(o.name): rng.standard_normal(np.shape(outs[o.name])) for o in d.outputs}
-
-
-def _loss(d, ups):
-    def loss(a):
-        outs = reference.forward(d, a)
-        return sum(float(np.sum(ups[d.upstream(o.name)] * outs[o.name])) for o in d.outputs)
-    return loss
-
-
 def _torch_grads(name, args, ups, d):
     torch = pytest.importorskip("torch")
     t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in args.items()}
@@ -78,7 +66,7 @@ def _check(name, args, differences=True, seed=0):
     """The derived VJP of every argument against torch.autograd (and central differences)."""
     d = derive.layer(name)
     rng = np.random.default_rng(seed)
-    ups = _upstream(d, args, rng)
+    ups = upstream_for(d, args, rng)
     got = reference.vjp(d, ups, args)
     assert set(got) == set(args), f"{name}: gradients of {sorted(got)}, arguments {sorted(args)}"
     want, outs = _torch_grads(name, args, ups, d)
@@ -87,7 +75,7 @@ def _check(name, args, differences=True, seed=0):
     for arg, value in got.items():
         assert_close(name, arg, value, want[arg], TOL, "torch.autograd")
         if differences:
-            assert_close(name, arg, value, central_differences(_loss(d, ups), args, arg, STEP), TOL,
+            assert_close(name, arg, value, central_differences(reference_loss(d, ups), args, arg, STEP), TOL,
                          "central differences")
 
 

@@ -5,25 +5,12 @@ import pytest
 
 import derive
 from derive import reference
-from tests.gradcheck import assert_close, central_differences, torch_or_skip
+from tests.gradcheck import assert_close, central_differences, reference_loss, torch_or_skip, upstream_for
 from tests.layer_cases import cases
 from tests import torch_layers
 
 ALL = [(name, label, args) for name in derive.layers() for label, args in cases(name)]
 IDS = [f"{n}-{label}" for n, label, _ in ALL]
-
-
-def _upstream(d, args, seed=1):
-    rng = np.random.default_rng(seed)
-    outs = reference.forward(d, args)
-    return {d.upstream(o.name): rng.standard_normal(np.shape(outs[o.name])) for o in d.outputs}
-
-
-def _loss(d, ups):
-    def loss(a):
-        outs = reference.forward(d, a)
-        return sum(float(np.sum(ups[d.upstream(o.name)] * outs[o.name])) for o in d.outputs)
-    return loss
 
 
 def test_every_builtin_layer_has_test_inputs():
@@ -34,11 +21,11 @@ def test_every_builtin_layer_has_test_inputs():
 @pytest.mark.parametrize("name,label,args", ALL, ids=IDS)
 def test_vjp_matches_central_differences(name, label, args):
     d = derive.layer(name)
-    ups = _upstream(d, args)
+    ups = upstream_for(d, args, np.random.default_rng(1))
     got = reference.vjp(d, ups, args)
     assert set(got) == {a.name for a in d.arguments if a.differentiable}
     for arg, value in got.items():
-        want = central_differences(_loss(d, ups), args, arg)
+        want = central_differences(reference_loss(d, ups), args, arg)
         assert_close(name, arg, value, want, 1e-6, f"central differences ({label})")
 
 
@@ -46,7 +33,7 @@ def test_vjp_matches_central_differences(name, label, args):
 def test_vjp_matches_torch_autograd(name, label, args):
     torch = torch_or_skip()
     d = derive.layer(name)
-    ups = _upstream(d, args)
+    ups = upstream_for(d, args, np.random.default_rng(1))
     got = reference.vjp(d, ups, args)
     t = {k: torch.tensor(v, dtype=torch.int64 if d.graph.tensor(k).integer else torch.float64,
                          requires_grad=not d.graph.tensor(k).integer) for k, v in args.items()}
