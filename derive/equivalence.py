@@ -61,26 +61,35 @@ def _tensor_names(d) -> dict:
     return names
 
 
-def normalize(expr, d, wrt: str, indices=None):
+def parse(text: str, d, wrt: str, extra=None):
+    """A candidate written as a string, parsed with the layer's names (and `extra` names);
+    a tensor it reads that the layer lacks is kept, for normalize to name in its error."""
+    local = namespace(d, wrt)
+    local.update(extra or {})
+    for name in re.findall(r"([A-Za-z_]\w*)\s*\[", text):  # unknown tensors: named in the error
+        local.setdefault(name, sp.IndexedBase(name))
+    try:
+        return sp.sympify(text, locals=local)
+    except (sp.SympifyError, SyntaxError, TypeError) as e:
+        raise CandidateError(f"cannot parse the candidate expression: {e}") from None
+
+
+def normalize(expr, d, wrt: str, indices=None, free=None, what=None):
     """The candidate rebuilt from the layer's canonical symbols (matched by name), with its free
-    indices checked against the gradient's. Raises CandidateError with a one-line reason."""
+    indices checked against the gradient's (or against `free`, in axis order, for the quantity
+    named `what`: a Hessian's). Raises CandidateError with a one-line reason."""
     if isinstance(expr, str):
-        local = namespace(d, wrt)
-        for name in re.findall(r"([A-Za-z_]\w*)\s*\[", expr):  # unknown tensors: named in the error
-            local.setdefault(name, sp.IndexedBase(name))
-        try:
-            expr = sp.sympify(expr, locals=local)
-        except (sp.SympifyError, SyntaxError, TypeError) as e:
-            raise CandidateError(f"cannot parse the candidate expression: {e}") from None
+        expr = parse(expr, d, wrt)
     if not isinstance(expr, sp.Basic):
         raise CandidateError(f"a candidate must be a SymPy expression or a function, "
                              f"got {type(expr).__name__}")
-    target = d.grad_indices[wrt]
+    target = tuple(d.grad_indices[wrt] if free is None else free)
+    what = what or f"d{wrt}"
     rename = {}
     if indices is not None:
         indices = [sp.Symbol(i) if isinstance(i, str) else i for i in indices]
         if len(indices) != len(target):
-            raise CandidateError(f"indices= names {len(indices)} indices but d{wrt} has "
+            raise CandidateError(f"indices= names {len(indices)} indices but {what} has "
                                  f"{len(target)}: {tuple(target)}")
         rename = {str(a): b for a, b in zip(indices, target)}
     tensors = _tensor_names(d)
@@ -156,7 +165,7 @@ def normalize(expr, d, wrt: str, indices=None):
     extra = sorted((s for s in free if s not in allowed and s.name not in scalars), key=str)
     if extra:
         raise CandidateError(
-            f"the candidate has free index {', '.join(map(str, extra))} but d{wrt} is indexed by "
+            f"the candidate has free index {', '.join(map(str, extra))} but {what} is indexed by "
             f"{', '.join(map(str, target)) or '(nothing: a scalar)'}; use those names or pass indices=")
     return out
 
@@ -275,10 +284,11 @@ def difference(derived, candidate, d, extents):
     return deltas.canonical_names(diff)
 
 
-def prove(derived, candidate, d, wrt: str, timeout: float = 10.0) -> Proof:
-    """Try to prove derived == candidate by exact rewrites; see the module docstring."""
-    t = d.graph.tensor(wrt)
-    extents = dict(zip(d.grad_indices[wrt], t.shape))
+def prove(derived, candidate, d, wrt: str, timeout: float = 10.0, extents=None) -> Proof:
+    """Try to prove derived == candidate by exact rewrites; see the module docstring.
+    `extents`: the free indices' extents (default: those of the gradient by `wrt`)."""
+    if extents is None:
+        extents = dict(zip(d.grad_indices[wrt], d.graph.tensor(wrt).shape))
     diff = None
     try:
         with time_limit(timeout):

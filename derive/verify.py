@@ -20,7 +20,10 @@ A candidate is either
   gradient with respect to `wrt`, shaped like that argument. It gets copies, so it may scribble.
 
 A backward pass that returns several gradients at once, `(dx, dW, db)`, is checked with
-`wrt="x,W,b"`: each gradient as here, one verdict over all (see `derive.verify_many`).
+`wrt="x,W,b"`: each gradient as here, one verdict over all (see `derive.verify_many`). With
+`order=2` the candidate is a Hessian-vector product `candidate(g, v, **inputs)`, a full Hessian
+`candidate(**inputs)` (scalar outputs) or a SymPy Hessian in index form, judged against the
+derived HVP with the same verdicts and report (see `derive.verify_order2`).
 
 The verdicts:
 
@@ -110,6 +113,12 @@ class Counterexample:
     got: np.ndarray
     index: tuple
     wrt: str = ""
+    direction: dict = field(default_factory=dict)  # order 2: the direction v of H v
+    quantity: str = ""  # what expected and got are: d<wrt> (the default), "Hv", "H"
+
+    @property
+    def what(self) -> str:
+        return self.quantity or f"d{self.wrt}"
 
     @property
     def expected_value(self) -> float:
@@ -123,19 +132,20 @@ class Counterexample:
         return {"case": self.label, "dims": self.dims,
                 "inputs": {k: _list(v) for k, v in self.inputs.items()},
                 "upstream": {k: _list(v) for k, v in self.upstream.items()},
-                "expected": _list(self.expected), "got": _list(self.got),
+                "direction": {k: _list(v) for k, v in self.direction.items()},
+                "quantity": self.what, "expected": _list(self.expected), "got": _list(self.got),
                 "index": list(self.index), "expected_value": _num(self.expected_value),
                 "got_value": _num(self.got_value)}
 
     def __str__(self) -> str:
         dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
         lines = [f"counterexample ({self.label}; {dims}):"]
-        for k, v in {**self.inputs, **self.upstream}.items():
+        for k, v in {**self.inputs, **self.upstream, **self.direction}.items():
             lines.append(_arr_line(k, v))
-        lines.append(_arr_line(f"expected d{self.wrt}", self.expected))
-        lines.append(_arr_line(f"candidate d{self.wrt}", self.got))
+        lines.append(_arr_line(f"expected {self.what}", self.expected))
+        lines.append(_arr_line(f"candidate {self.what}", self.got))
         at = ",".join(map(str, self.index))
-        lines.append(f"  at d{self.wrt}[{at}]: expected {self.expected_value:.10g}, "
+        lines.append(f"  at {self.what}[{at}]: expected {self.expected_value:.10g}, "
                      f"candidate gave {self.got_value:.10g}")
         return "\n".join(lines)
 
@@ -156,6 +166,8 @@ class VerifyReport:
     counterexample: Counterexample | None = None
     settings: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)  # cases where the layer itself is not finite
+    order: int = 1  # 2: a Hessian or HVP (derive.verify_order2)
+    form: str = ""  # order 2: which candidate form was seen
 
     @property
     def ok(self) -> bool:
@@ -178,8 +190,9 @@ class VerifyReport:
         return max(vals) if vals else None
 
     def as_dict(self) -> dict:
-        return {"layer": self.layer, "wrt": self.wrt, "verdict": self.verdict, "ok": self.ok,
-                "message": self.message, "kind": self.kind, "candidate": self.candidate,
+        return {"layer": self.layer, "wrt": self.wrt, "order": self.order, "verdict": self.verdict,
+                "ok": self.ok, "message": self.message, "kind": self.kind, "form": self.form,
+                "candidate": self.candidate,
                 "errors": {self.wrt: {"max_abs_error": _num(self.max_abs_error),
                                       "max_rel_error": _num(self.max_rel_error),
                                       "fd_max_abs_error": _num(self.fd_max_abs_error)}},
@@ -189,8 +202,8 @@ class VerifyReport:
                 "skipped": list(self.skipped), "settings": self.settings}
 
     def __str__(self) -> str:
-        head = f"verify {self.layer} d{self.wrt}: {self.verdict.upper()}"
-        return "\n".join([head] + self.details())
+        what = f"d{self.wrt}" if self.order == 1 else f"d2/(d{self.wrt} d{self.wrt}) (order 2)"
+        return "\n".join([f"verify {self.layer} {what}: {self.verdict.upper()}"] + self.details())
 
     def details(self, candidate: bool = True) -> list:
         """The report's lines after its head, each indented by two spaces (`candidate=False`
@@ -198,14 +211,18 @@ class VerifyReport:
         lines = [f"  {self.message}"]
         if self.candidate and candidate:
             lines.append(f"  candidate: {self.candidate}")
+        if self.form:
+            lines.append(f"  form: {self.form}")
         if self.symbolic:
             lines.append(f"  symbolic: {self.symbolic}")
         if self.difference is not None:
             lines.append(f"  derived - candidate = {self.difference}")
         if self.cases:
+            ref, fd = ("VJP", "") if self.order == 1 else ("HVP", " of the derived VJP")
             lines.append(f"  numeric: {len(self.cases)} cases, max abs error "
                          f"{_fmt(self.max_abs_error)}, max rel error {_fmt(self.max_rel_error)} "
-                         f"(vs the derived VJP); vs finite differences {_fmt(self.fd_max_abs_error)}")
+                         f"(vs the derived {ref}); vs finite differences{fd} "
+                         f"{_fmt(self.fd_max_abs_error)}")
             for c in self.cases:
                 dims = " ".join(f"{k}={v}" for k, v in c.dims.items())
                 mark = "ok" if c.ok else "FAIL at [" + ",".join(map(str, c.index or ())) + "]"
@@ -494,21 +511,25 @@ class _SympyCandidate:
 
 class _FunctionCandidate:
     kind = "function"
+    role = "the upstream gradient"  # what a parameter may be besides an argument of the layer
 
     def __init__(self, fn, d: Derivation, wrt: str, timeout: float | None = None):
         self.fn, self.d, self.wrt, self.timeout = fn, d, wrt, timeout
-        self.names = self._check_signature()
+        self.names = self._check_signature(self._allowed())
 
     def describe(self):
-        name = getattr(self.fn, "__qualname__", repr(self.fn))
-        try:
-            return f"{name}{inspect.signature(self.fn)}"
-        except (TypeError, ValueError):
-            return name
+        return _describe(self.fn)
 
-    def _check_signature(self):
-        ups = [self.d.upstream(o.name) for o in self.d.outputs]
-        allowed = ups + [a.name for a in self.d.arguments]
+    def _allowed(self) -> list:
+        """The names a call may pass: the upstream gradients, then the layer's arguments."""
+        return [self.d.upstream(o.name) for o in self.d.outputs] + [a.name for a in self.d.arguments]
+
+    def _unknown(self, param: str, allowed) -> str:
+        """The message for a parameter that is none of `allowed`."""
+        return (f"wrong signature: parameter '{param}' of {self.describe()} is neither {self.role} "
+                f"nor an argument of {self.d.name} (it takes {', '.join(allowed)})")
+
+    def _check_signature(self, allowed):
         try:
             sig = inspect.signature(self.fn)
         except (TypeError, ValueError):
@@ -527,17 +548,19 @@ class _FunctionCandidate:
             if p.name in allowed:
                 takes.append(p.name)
             elif p.default is p.empty:
-                raise CandidateError(
-                    f"wrong signature: parameter '{p.name}' of {self.describe()} is neither the "
-                    f"upstream gradient nor an argument of {self.d.name} (it takes "
-                    f"{', '.join(allowed)})")
+                raise CandidateError(self._unknown(p.name, allowed))
         return takes
 
     def __call__(self, inst: _Instance, args, upstream, vals):
-        kw = {k: _copy(v) for k, v in {**upstream, **inst.values(args)}.items() if k in self.names}
+        return self._gradient(self.invoke({**upstream, **inst.values(args)}), inst)
+
+    def invoke(self, values: dict):
+        """What the function returns when called with the `values` it declares (copies, so it
+        may scribble), within the time limit; _CandidateFailed if it does not return."""
+        kw = {k: _copy(v) for k, v in values.items() if k in self.names}
         try:
             with np.errstate(all="ignore"), time_limit(self.timeout, _Alarm):
-                out = self.fn(**kw)
+                return self.fn(**kw)
         except _Alarm:
             raise _CandidateTimedOut(f"the candidate did not return within {self.timeout:g} s "
                                      f"(the time limit per call)") from None
@@ -550,35 +573,57 @@ class _FunctionCandidate:
             what = (f"called sys.exit({e.code!r}) instead of returning" if isinstance(e, SystemExit)
                     else f"raised {type(e).__name__}: {e}")
             raise _CandidateFailed(f"the candidate {what}{where}") from None
-        return self._gradient(out, inst)
+
+    def _quantity(self, wrt: str) -> str:
+        return f"d{wrt}"
+
+    def _several(self, out) -> str:
+        """A hint for a tuple (dx, dW, db) checked against one wrt."""
+        diff = [a.name for a in self.d.arguments if a.differentiable]
+        if isinstance(out, tuple) and len(diff) > 1:
+            return (f" (several gradients at once? pass wrt={','.join(diff)!r}, one name per "
+                    f"element, in order)")
+        return ""
 
     def _gradient(self, out, inst: _Instance, what: str = "the candidate returned",
                   wrt: str | None = None):
         """The gradient by `wrt` (default `self.wrt`) in what the function returned, checked: a
         float64 array of the argument's shape. `what` starts each message."""
         wrt = wrt or self.wrt
-        if out is None:
-            raise _CandidateFailed(f"{what} None (a missing `return`?)")
-        several = ""
-        diff = [a.name for a in self.d.arguments if a.differentiable]
-        if isinstance(out, tuple) and len(diff) > 1:  # (dx, dW, db) checked against one wrt
-            several = (f" (several gradients at once? pass wrt={','.join(diff)!r}, one name per "
-                       f"element, in order)")
-        try:
-            arr = np.asarray(out)
-        except Exception as e:  # noqa: BLE001
-            if several:
-                raise _CandidateFailed(f"{what} a tuple of {len(out)}, not an "
-                                       f"array{several}") from None
-            raise _CandidateFailed(f"{what} {type(out).__name__}, not an array: {e}") from None
-        if arr.dtype.kind not in "fiub":
-            raise _CandidateFailed(f"{what} a {type(out).__name__} of dtype {arr.dtype}, not a "
-                                   f"real array")
+        several = self._several(out)
+        arr = _real_array(out, what, several)
         want = inst.shape[wrt]
         if arr.shape != want and not (want == () and arr.size == 1 and arr.ndim <= 1):
-            raise _CandidateFailed(f"{what} shape {arr.shape}; d{wrt} must have the shape "
-                                   f"of {wrt}, {want}{several}")
+            raise _CandidateFailed(f"{what} shape {arr.shape}; {self._quantity(wrt)} must have "
+                                   f"the shape of {wrt}, {want}{several}")
         return arr.astype(np.float64).reshape(want)
+
+
+def _describe(fn) -> str:
+    """A function's name and signature, as a report shows the candidate."""
+    name = getattr(fn, "__qualname__", repr(fn))
+    try:
+        return f"{name}{inspect.signature(fn)}"
+    except (TypeError, ValueError):
+        return name
+
+
+def _real_array(out, what: str, several: str = "") -> np.ndarray:
+    """What a function candidate returned as a real array; _CandidateFailed (its message starting
+    with `what`) for None, a tuple, a string and the like."""
+    if out is None:
+        raise _CandidateFailed(f"{what} None (a missing `return`?)")
+    try:
+        arr = np.asarray(out)
+    except Exception as e:  # noqa: BLE001
+        if several:
+            raise _CandidateFailed(f"{what} a tuple of {len(out)}, not an "
+                                   f"array{several}") from None
+        raise _CandidateFailed(f"{what} {type(out).__name__}, not an array: {e}") from None
+    if arr.dtype.kind not in "fiub":
+        raise _CandidateFailed(f"{what} a {type(out).__name__} of dtype {arr.dtype}, not a "
+                               f"real array")
+    return arr
 
 
 # --- comparison -------------------------------------------------------------------------------
@@ -635,9 +680,13 @@ def _fd_error(mode, fd, grad, atol, rtol):
 
 # --- verify -----------------------------------------------------------------------------------
 
-def candidate_symbols(target, wrt: str) -> dict:
+def candidate_symbols(target, wrt: str, order: int = 1) -> dict:
     """The SymPy objects to write a candidate for `target`'s gradient by `wrt` with:
-    `ns = candidate_symbols("softmax", "x"); s, g, i, j = ns["s"], ns["g"], ns["i"], ns["j"]`."""
+    `ns = candidate_symbols("softmax", "x"); s, g, i, j = ns["s"], ns["g"], ns["i"], ns["j"]`
+    (`order=2`: for its Hessian in index form, with the block's free indices)."""
+    if order == 2:
+        from .verify_order2 import hessian_symbols
+        return hessian_symbols(target, wrt)
     d = _resolve(target)
     _check_wrt(d, wrt)
     return namespace(d, wrt)
@@ -661,11 +710,12 @@ def _check_wrt(d, wrt):
         raise CandidateError(f"{d.name} {why}; the differentiable arguments are {', '.join(diff)}")
 
 
-def verify(target, wrt, candidate, *, eps: float = 1e-6, atol: float = 1e-5,
+def verify(target, wrt, candidate, *, order: int = 1, eps: float = 1e-6, atol: float = 1e-5,
            rtol: float = 1e-3, trials: int = 4, seed: int = 0, dtype="float64", shapes=None,
            indices=None, vjp_rtol: float = 1e-7, symbolic_timeout: float = 10.0,
            timeout: float = 60.0):
-    """Check `candidate`, a hand-derived gradient of layer `target` by its argument `wrt`.
+    """Check `candidate`, a hand-derived gradient of layer `target` by its argument `wrt`
+    (`order=2`: a hand-derived Hessian or Hessian-vector product, see `derive.verify_order2`).
 
     target: a built-in layer name or a Derivation (also from `derive.define`).
     wrt: an argument's name; or several, "x,W,b" or ("x", "W", "b"), for a candidate that
@@ -673,6 +723,9 @@ def verify(target, wrt, candidate, *, eps: float = 1e-6, atol: float = 1e-5,
         a `GradientsReport`).
     candidate: a SymPy expression (or its string) in the layer's index notation, or a function
         `candidate(g, **inputs)`; see the module docstring.
+    order: 1, a gradient; 2, a Hessian-vector product `candidate(g, v, **inputs)`, a full
+        Hessian `candidate(**inputs)` (scalar outputs) or a SymPy Hessian in index form, of the
+        (wrt, wrt) block (see `derive.verify_order2`).
     eps, atol, rtol: central-difference step and tolerances (as torch gradcheck).
     vjp_rtol: tolerance against the derived VJP, relative to its largest element.
     trials: random cases besides the edge cases; seed: makes every case reproducible.
@@ -682,11 +735,21 @@ def verify(target, wrt, candidate, *, eps: float = 1e-6, atol: float = 1e-5,
         like `d.grad_indices[wrt]`.
     timeout: seconds one call of a function candidate may take (verdict error beyond it).
     """
+    options = dict(eps=eps, atol=atol, rtol=rtol, trials=trials, seed=seed, dtype=dtype,
+                   shapes=shapes, indices=indices, vjp_rtol=vjp_rtol,
+                   symbolic_timeout=symbolic_timeout, timeout=timeout)
+    if order not in (1, 2) or isinstance(order, bool):
+        name = target if isinstance(target, str) else getattr(target, "name", "?")
+        return VerifyReport(name, str(wrt), "error", f"order={order!r}: verify checks a gradient "
+                            f"(order 1) or a Hessian / Hessian-vector product (order 2)",
+                            settings=_settings(eps, atol, rtol, vjp_rtol, trials, seed, dtype,
+                                               timeout))
+    if order == 2:
+        from .verify_order2 import verify_order2
+        return verify_order2(target, wrt, candidate, **options)
     if not isinstance(wrt, str) or "," in wrt:
         from .verify_many import verify_many
-        return verify_many(target, wrt, candidate, eps=eps, atol=atol, rtol=rtol, trials=trials,
-                           seed=seed, dtype=dtype, shapes=shapes, indices=indices,
-                           vjp_rtol=vjp_rtol, symbolic_timeout=symbolic_timeout, timeout=timeout)
+        return verify_many(target, wrt, candidate, **options)
     name = target if isinstance(target, str) else getattr(target, "name", "?")
     settings = _settings(eps, atol, rtol, vjp_rtol, trials, seed, dtype, timeout)
 
@@ -753,38 +816,131 @@ def _judge(d, wrt, cand, cases, settings, *, eps, atol, rtol, seed, vjp_rtol,
     `wrt`): symbolic where it applies, then every numeric case, then the smallest
     counterexample."""
     report = VerifyReport(d.name, wrt, "matches", "", cand.kind, cand.describe(), settings=settings)
+    proof = _symbolic(report, cand, d.grads[wrt], d, wrt, symbolic_timeout)
+    check = _VJPCheck(d, wrt, cand, eps=eps, atol=atol, rtol=rtol, seed=seed, vjp_rtol=vjp_rtol)
+    return _run(report, check, cases, proof)
 
-    # symbolic
-    proof = None
-    if cand.kind == "sympy":
-        proof = prove(d.grads[wrt], cand.expr, d, wrt, symbolic_timeout)
-        report.symbolic = ("proved: " if proof.proved else "not proved: ") + proof.note
-        if proof.difference is not None:
-            report.difference = _text(proof.difference)
-    else:
+
+def _symbolic(report, cand, derived, d, wrt, timeout, extents=None):
+    """Try to prove a SymPy candidate equal to `derived` (noted in the report); the Proof, or
+    None for a function candidate."""
+    if cand.kind != "sympy":
         report.symbolic = "not applicable (a function candidate is checked numerically)"
+        return None
+    proof = prove(derived, cand.expr, d, wrt, timeout, extents)
+    report.symbolic = ("proved: " if proof.proved else "not proved: ") + proof.note
+    if proof.difference is not None:
+        report.difference = _text(proof.difference)
+    return proof
 
-    # numeric
-    int_ranges = _integer_ranges(d)
+
+@dataclass
+class _Point:
+    """One case's input, the forward values there and what the derivation gives."""
+
+    args: dict
+    upstream: dict
+    vals: dict
+    expected: np.ndarray
+    finite: bool  # the layer's own outputs and `expected` are finite
+    direction: dict = field(default_factory=dict)  # order 2: {"v": the direction}
+
+
+class _Unreliable(Exception):
+    """The derivation itself disagrees with finite differences in a case (-> verdict error)."""
+
+
+class _VJPCheck:
+    """How one case is judged at order 1: the candidate against the derived VJP, both against
+    central differences of L = sum(g * out). derive.verify_order2 judges H v the same way."""
+
+    what = "gradient"  # what a proof proves the candidate equal to
+
+    def __init__(self, d, wrt, cand, *, eps, atol, rtol, seed, vjp_rtol):
+        self.d, self.wrt, self.cand = d, wrt, cand
+        self.eps, self.atol, self.rtol, self.vjp_rtol = eps, atol, rtol, vjp_rtol
+        self.int_ranges = _integer_ranges(d)
+        self.fd_rng = np.random.default_rng(seed + 7)
+
+    def instance(self, dims) -> _Instance:
+        return _Instance(self.d, dims, self.wrt)
+
+    def finite(self, vals, expected) -> bool:
+        return bool(np.all(np.isfinite(expected)) and
+                    all(np.all(np.isfinite(np.asarray(vals[o.name]))) for o in self.d.outputs))
+
+    def point(self, inst, case) -> _Point:
+        args, upstream = _point(inst, case, self.int_ranges)
+        vals = inst.forward(args)
+        expected = inst.expr_value(self.d.grads[self.wrt], dict(vals, **upstream))
+        return _Point(args, upstream, vals, expected, self.finite(vals, expected))
+
+    def call(self, inst, pt: _Point) -> np.ndarray:
+        return self.cand(inst, pt.args, pt.upstream, pt.vals)
+
+    def quantity(self, got) -> str:
+        return f"d{self.wrt}"
+
+    def result(self, inst, case, pt: _Point, got) -> CaseResult:
+        """The case's errors; _Unreliable when the derivation disagrees with finite differences."""
+        if case.kind == "ties":  # a max has no derivative at a tie: the derived rule is the reference
+            ok, worst, rel, index = _compare(pt.expected, got, self.vjp_rtol)
+            return CaseResult(case.label, _dims_dict(case.dims), worst, rel, None, "none at ties",
+                              ok, None if ok else index)
+        mode, fd = _finite_differences(inst, pt.args, pt.upstream, self.wrt, self.eps, self.fd_rng)
+        fd_derived, ok_derived = _fd_error(mode, fd, pt.expected, self.atol, self.rtol)
+        if not ok_derived:
+            raise _Unreliable(f"the derived gradient disagrees with finite differences (max abs "
+                              f"error {fd_derived:.3g})")
+        ok, worst, rel, index = _compare(pt.expected, got, self.vjp_rtol)
+        fd_cand, ok_fd = _fd_error(mode, fd, got, self.atol, self.rtol)
+        ok = ok and ok_fd
+        return CaseResult(case.label, _dims_dict(case.dims), worst, rel, fd_cand, mode, ok,
+                          None if ok else index)
+
+    def mismatch(self, pt: _Point, got):
+        """(expected, got, worst index, quantity, direction) where the candidate disagrees with
+        the derivation at this point; None where it agrees."""
+        ok, _, _, index = _compare(pt.expected, got, self.vjp_rtol)
+        return None if ok else (pt.expected, got, index, "", pt.direction)
+
+    def counterexample(self, inst, case) -> Counterexample | None:
+        try:
+            pt = self.point(inst, case)
+            if not pt.finite:
+                return None
+            got = self.call(inst, pt)
+        except _CandidateTimedOut:
+            raise
+        except (_CandidateFailed, DeriveError):
+            return None
+        if not np.all(np.isfinite(got)):
+            return None
+        bad = self.mismatch(pt, got)
+        if bad is None:
+            return None
+        expected, got, index, quantity, direction = bad
+        return Counterexample(case.label, _dims_dict(case.dims), pt.args, pt.upstream, expected,
+                              got, index, self.wrt, direction, quantity)
+
+
+def _run(report, check, cases, proof) -> VerifyReport:
+    """Every numeric case through `check` (a _VJPCheck), then the verdict."""
     failing = None
     nonfinite = None  # the first NaN/inf the candidate returned where the derivation is finite
-    fd_rng = np.random.default_rng(seed + 7)
     for case in cases:
         try:
-            inst = _Instance(d, case.dims, wrt)
-            args, upstream = _point(inst, case, int_ranges)
-            vals = inst.forward(args)
-            expected = inst.expr_value(d.grads[wrt], dict(vals, **upstream))
+            inst = check.instance(case.dims)
+            pt = check.point(inst, case)
         except DeriveError as e:
             report.verdict, report.message = "error", f"case '{case.label}': {e}"
             return report
-        outs = [np.asarray(vals[o.name]) for o in d.outputs]
-        if not (np.all(np.isfinite(expected)) and all(np.all(np.isfinite(o)) for o in outs)):
+        if not pt.finite:
             report.skipped.append(f"case '{case.label}' ({_dims_text(case.dims)}): the layer's own "
-                                  f"forward or gradient is not finite there")
+                                  f"forward or {check.what} is not finite there")
             continue
         try:
-            got = cand(inst, args, upstream, vals)
+            got = check.call(inst, pt)
         except _CandidateFailed as e:
             report.verdict = "error"
             report.message = f"{e} [case '{case.label}', {_dims_text(case.dims)}]"
@@ -792,39 +948,28 @@ def _judge(d, wrt, cand, cases, settings, *, eps, atol, rtol, seed, vjp_rtol,
         if not np.all(np.isfinite(got)):
             bad = tuple(int(i) for i in np.argwhere(~np.isfinite(got))[0])
             if nonfinite is None:
-                nonfinite = (f"the candidate returned {got[bad]} at d{wrt}[{','.join(map(str, bad))}] "
-                             f"where the derivation gives {expected[bad]:.6g} [case '{case.label}', "
+                gives = (f" where the derivation gives {pt.expected[bad]:.6g}"
+                         if pt.expected.shape == got.shape else "")
+                nonfinite = (f"the candidate returned {got[bad]} at {check.quantity(got)}"
+                             f"[{','.join(map(str, bad))}]{gives} [case '{case.label}', "
                              f"{_dims_text(case.dims)}]")
             report.cases.append(CaseResult(case.label, _dims_dict(case.dims), math.inf, math.inf,
                                            math.inf, "-", False, bad))
             continue
-        if case.kind == "ties":  # a max has no derivative at a tie: the derived rule is the reference
-            ok, worst, rel, index = _compare(expected, got, vjp_rtol)
-            report.cases.append(CaseResult(case.label, _dims_dict(case.dims), worst, rel, None,
-                                           "none at ties", ok, None if ok else index))
-            if not ok and failing is None:
-                failing = case
-            continue
-        mode, fd = _finite_differences(inst, args, upstream, wrt, eps, fd_rng)
-        fd_derived, ok_derived = _fd_error(mode, fd, expected, atol, rtol)
-        if not ok_derived:
+        try:
+            result = check.result(inst, case, pt, got)
+        except _Unreliable as e:
             report.verdict = "error"
-            report.message = (f"the derived gradient disagrees with finite differences (max abs "
-                              f"error {fd_derived:.3g}) in case '{case.label}', "
-                              f"{_dims_text(case.dims)}: the layer may not be differentiable "
-                              f"there, or this is a bug in symgrad")
+            report.message = (f"{e} in case '{case.label}', {_dims_text(case.dims)}: the layer "
+                              f"may not be differentiable there, or this is a bug in symgrad")
             return report
-        ok, worst, rel, index = _compare(expected, got, vjp_rtol)
-        fd_cand, ok_fd = _fd_error(mode, fd, got, atol, rtol)
-        ok = ok and ok_fd
-        report.cases.append(CaseResult(case.label, _dims_dict(case.dims), worst, rel, fd_cand, mode,
-                                       ok, None if ok else index))
-        if not ok and failing is None:
+        report.cases.append(result)
+        if not result.ok and failing is None:
             failing = case
 
     if failing is not None:
         report.verdict = "wrong"
-        report.counterexample = _shrink(d, wrt, cand, failing, int_ranges, vjp_rtol)
+        report.counterexample = _shrink(check, failing)
         n_bad = sum(not c.ok for c in report.cases)
         report.message = (f"the candidate disagrees with the derivation in {n_bad} of "
                           f"{len(report.cases)} cases")
@@ -837,7 +982,7 @@ def _judge(d, wrt, cand, cases, settings, *, eps, atol, rtol, seed, vjp_rtol,
     if proof is not None and proof.proved:
         report.verdict = "equivalent"
         n_ok = sum(c.ok for c in report.cases)
-        report.message = (f"proved equal to the derived gradient, and agrees numerically in "
+        report.message = (f"proved equal to the derived {check.what}, and agrees numerically in "
                           f"{n_ok} cases")
         if nonfinite is not None:  # right, but not safe to evaluate as written
             report.message += ("; but evaluated as written it is not finite: " + nonfinite +
@@ -845,7 +990,7 @@ def _judge(d, wrt, cand, cases, settings, *, eps, atol, rtol, seed, vjp_rtol,
     else:
         report.verdict = "matches"
         report.message = f"agrees with the derivation numerically in {len(report.cases)} cases"
-        if cand.kind == "sympy":
+        if report.kind == "sympy":
             report.message += " (equality not proved symbolically)"
     return report
 
@@ -858,8 +1003,9 @@ def _dims_dict(dims) -> dict:
     return {str(k): int(v) for k, v in dims.items()}
 
 
-def _shrink(d, wrt, cand, failing: _Case, int_ranges, vjp_rtol) -> Counterexample | None:
+def _shrink(check, failing: _Case) -> Counterexample | None:
     """The smallest failing input found: dims shrunk towards 1, simple values tried first."""
+    d = check.d
     syms = list(failing.dims)
     options = [sorted({1, 2, failing.dims[s]} & set(range(1, failing.dims[s] + 1))) for s in syms]
     configs = sorted(itertools.product(*options), key=lambda c: (math.prod(c), sum(c)))
@@ -871,7 +1017,7 @@ def _shrink(d, wrt, cand, failing: _Case, int_ranges, vjp_rtol) -> Counterexampl
             if not _valid(d, dims):
                 continue
             try:
-                inst = _Instance(d, dims, wrt)
+                inst = check.instance(dims)
             except (DeriveError, ValueError, TypeError):
                 continue
             for kind in kinds:
@@ -881,28 +1027,9 @@ def _shrink(d, wrt, cand, failing: _Case, int_ranges, vjp_rtol) -> Counterexampl
                     budget -= 1
                     case = _Case(failing.label if kind == failing.kind else "simple values",
                                  dims, kind, failing.seed * 7 + 13 * s + 1)
-                    ce = _try(inst, cand, case, int_ranges, vjp_rtol, wrt)
+                    ce = check.counterexample(inst, case)
                     if ce is not None:
                         return ce
-        inst = _Instance(d, failing.dims, wrt)
-        return _try(inst, cand, failing, int_ranges, vjp_rtol, wrt)
+        return check.counterexample(check.instance(failing.dims), failing)
     except _CandidateTimedOut:  # the verdict stands; each further call could take as long
         return None
-
-
-def _try(inst, cand, case, int_ranges, vjp_rtol, wrt):
-    try:
-        args, upstream = _point(inst, case, int_ranges)
-        vals = inst.forward(args)
-        expected = inst.expr_value(inst.d.grads[wrt], dict(vals, **upstream))
-        got = cand(inst, args, upstream, vals)
-    except _CandidateTimedOut:
-        raise
-    except (_CandidateFailed, DeriveError):
-        return None
-    if not (np.all(np.isfinite(expected)) and np.all(np.isfinite(got))):
-        return None
-    ok, _, _, index = _compare(expected, got, vjp_rtol)
-    if ok:
-        return None
-    return Counterexample(case.label, _dims_dict(case.dims), args, upstream, expected, got, index, wrt)

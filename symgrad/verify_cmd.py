@@ -1,4 +1,5 @@
-"""`symgrad verify FILE.py:FUNCTION --layer NAME --wrt ARG [--json]`: check a hand-derived gradient.
+"""`symgrad verify FILE.py:FUNCTION --layer NAME --wrt ARG [--order 2] [--json]`: check a
+hand-derived gradient, or a hand-derived Hessian / Hessian-vector product.
 
 FUNCTION names a function `candidate(g, **inputs)` in FILE.py, or a SymPy expression (or a
 string of one) defined there. `--layer` is a built-in layer name, or `FILE.py:BUILD` for a layer
@@ -6,6 +7,13 @@ defined by a `build(G)` forward definition (see `derive.define`). `--wrt x,W,b` 
 pass returning several gradients at once: the function returns a tuple (dx, dW, db) in that
 order (or FUNCTION is a tuple of SymPy expressions); each is judged, and the report is RIGHT only
 if all are (see `derive.verify_many`).
+
+`--order 2` checks the (ARG, ARG) block of the Hessian of sum(g * y) instead (see
+`derive.verify_order2`): FUNCTION is an HVP `candidate(g, v, **inputs)` returning H v for a
+direction v shaped like ARG, or, for a layer with a scalar output, the full Hessian
+`candidate(**inputs)` shaped ARG.shape + ARG.shape (told apart by whether it takes `v`), or a
+SymPy Hessian in index form. It is compared with the derived HVP kernel and with finite
+differences of the derived VJP; the report says which form it saw. One --wrt name only.
 
 Exit status: 0 the candidate is right (equivalent or matches), 1 it is wrong, 2 bad input or
 no verdict (file, function, layer or argument missing, candidate raising, calling sys.exit,
@@ -27,15 +35,20 @@ from symgrad.usage import Parser, UsageError
 
 
 def _parser():
-    p = Parser(prog="symgrad verify", description="Check a hand-derived gradient against the "
-                "derivation: symbolic equivalence where it can be decided, numbers always, and a "
-                "counterexample when it is wrong.")
+    p = Parser(prog="symgrad verify", description="Check a hand-derived gradient (or, with "
+                "--order 2, Hessian) against the derivation: symbolic equivalence where it can "
+                "be decided, numbers always, and a counterexample when it is wrong.")
     p.add_argument("candidate", metavar="FILE.py:FUNCTION",
-                   help="a function candidate(g, **inputs) -> ndarray, or a SymPy expression")
+                   help="a function candidate(g, **inputs) -> ndarray, or a SymPy expression "
+                        "(--order 2: candidate(g, v, **inputs) -> H v, or candidate(**inputs) "
+                        "-> the full Hessian for a scalar output)")
     p.add_argument("--layer", required=True, help="built-in layer name, or FILE.py:BUILD")
     p.add_argument("--wrt", required=True,
                    help="the argument the candidate differentiates by; or several, x,W,b, for a "
                         "candidate returning a tuple of their gradients in that order")
+    p.add_argument("--order", type=int, default=1, choices=(1, 2),
+                   help="1: a gradient (the default); 2: a Hessian-vector product or Hessian "
+                        "by --wrt (one name)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--eps", type=float, default=1e-6, help="finite-difference step (1e-6)")
     p.add_argument("--atol", type=float, default=1e-5, help="finite-difference atol (1e-5)")
@@ -116,9 +129,9 @@ def main(argv) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             target = _layer(args.layer)
             candidate = load(args.candidate)
-            report = verify(target, args.wrt, candidate, eps=args.eps, atol=args.atol,
-                            rtol=args.rtol, trials=args.trials, seed=args.seed, dtype=args.dtype,
-                            timeout=args.timeout)
+            report = verify(target, args.wrt, candidate, order=args.order, eps=args.eps,
+                            atol=args.atol, rtol=args.rtol, trials=args.trials, seed=args.seed,
+                            dtype=args.dtype, timeout=args.timeout)
     except (UsageError, DeriveError) as e:
         print(f"symgrad verify: {e}", file=sys.stderr)
         return 2
