@@ -300,9 +300,6 @@ class Lowerer:
                     # nothing to merge with, or each is a matrix product already: leave as was
                     out.extend(t for t, _ in pairs)
                     continue
-                if False:
-                    out.append(pairs[0][0])  # nothing to merge with: leave it as it was
-                    continue
                 ts = [p for _, p in pairs]
                 lims0 = [tuple(l) for l in ts[0].limits]
                 bodies = [t.function.xreplace({l[0]: l0[0] for l, l0 in zip(t.limits, lims0)}) for t in ts]
@@ -314,11 +311,23 @@ class Lowerer:
                 return e
             if isinstance(e, sp.Sum):
                 self.add_limits(e)
+                split = split_products(e)
+                if split is not None:
+                    return split
             new = [visit(a) for a in e.args]
             e = e.func(*new) if new != list(e.args) else e
             if isinstance(e, sp.Add) and e.has(sp.Sum):
                 return merge(e)
             return e
+
+        def split_products(e):
+            """sum_l (A B + C D) as sum_l A B + sum_l C D when each is a matrix product: a
+            tangent's product rule (the linear layer's JVP, x_dot W + x W_dot) is two GEMMs."""
+            terms = sp.Add.make_args(sp.expand(e.function)) if isinstance(e.function, sp.Add) else ()
+            if len(terms) < 2:
+                return None
+            parts = [sp.Sum(t, *e.limits) for t in terms]
+            return sp.Add(*parts) if all(self.plan(p) is not None for p in parts) else None
 
         return visit(expr)
 

@@ -131,8 +131,7 @@ class GPT(GraphModel):
     def build(self, store, rng, B, T, loss=True):
         return gpt_graph(self.config, store, rng, B, T, loss)
 
-    def forward(self, idx, targets=None):
-        """Logits (B, T, V); with targets, (logits, mean cross-entropy)."""
+    def batch(self, idx, targets=None):
         idx = np.asarray(idx)
         if idx.ndim != 2:
             raise ValueError(f"GPT input must be (batch, time) token ids, got shape {idx.shape}")
@@ -142,6 +141,11 @@ class GPT(GraphModel):
         inputs = {"idx": idx.reshape(-1), "pos": np.tile(np.arange(T), B)}
         if targets is not None:
             inputs["targets"] = np.asarray(targets).reshape(-1)
+        return (B, T), inputs
+
+    def forward(self, idx, targets=None):
+        """Logits (B, T, V); with targets, (logits, mean cross-entropy)."""
+        (B, T), inputs = self.batch(idx, targets)
         loss = self.run((B, T), inputs, loss=targets is not None)
         logits = self.result("logits").reshape(B, T, -1).copy()
         return logits if targets is None else (logits, loss)

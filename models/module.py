@@ -110,6 +110,7 @@ class GraphModel(Module):
         self._steps: dict = {}
         self._last = None  # the step of the last forward call
         self._params: dict = {}
+        self._hvps: dict = {}
 
     def build(self, store, rng, *key, loss=True):
         raise NotImplementedError
@@ -148,6 +149,24 @@ class GraphModel(Module):
 
     def clear(self):
         self._last = None
+
+    def batch(self, *data) -> tuple:
+        """(configuration key, graph inputs by name) of one batch, as `forward(*data)` takes it."""
+        raise NotImplementedError
+
+    def hvp(self, v, *data):
+        """(loss, gradient, H v) of the loss on one batch (`forward`'s arguments, targets
+        included) at the current parameters, for a direction `v` flat like `store.flat`: the
+        whole-model Hessian-vector product of models.hvp, planned once per configuration."""
+        key, inputs = self.batch(*data)
+        return self.hvp_at(key)(inputs, v)
+
+    def hvp_at(self, key):
+        """The models.hvp.ModelHVP of the loss at configuration `key`, built once."""
+        from .hvp import ModelHVP
+        if key not in self._hvps:
+            self._hvps[key] = ModelHVP(self.build(self.store, self._rng, *key, loss=True))
+        return self._hvps[key]
 
     def named_parameters(self, prefix=""):
         for name, p in self._params.items():

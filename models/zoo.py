@@ -54,10 +54,13 @@ class MLP(GraphModel):
     def build(self, store, rng, N, loss=True):
         return mlp_graph(self.sizes, self.act, self.dtype, store, rng, N, loss)
 
-    def forward(self, x, y=None):
+    def batch(self, x, y=None):
         x = np.asarray(x)
-        inputs = {"x": x} if y is None else {"x": x, "y": np.asarray(y)}
-        loss = self.run((x.shape[0],), inputs, loss=y is not None)
+        return (x.shape[0],), ({"x": x} if y is None else {"x": x, "y": np.asarray(y)})
+
+    def forward(self, x, y=None):
+        key, inputs = self.batch(x, y)
+        loss = self.run(key, inputs, loss=y is not None)
         h = self.result("logits").copy()
         return h if y is None else (h, loss)
 
@@ -72,11 +75,17 @@ class MLP(GraphModel):
 
 def train_mlp(steps=600, lr=0.01, optimizer="adam", batch_size=None, seed=0, hidden=64, log=print,
               dtype="float32"):
-    """Train the MLP on two spirals; returns (model, accuracy on a held-out spiral set, losses)."""
+    """Train the MLP on two spirals; returns (model, accuracy on a held-out spiral set, losses).
+    `optimizer="newton-cg"`: Newton-CG on the full set (models.newton), `steps` Newton iterations."""
+    from . import newton
     from .optim import make_optimizer
     X, y = spirals(300, seed=seed)
     Xt, yt = spirals(300, seed=seed + 100)
     model = MLP([2, hidden, hidden, 2], "tanh", seed=seed, dtype=dtype)
+    if optimizer == newton.NAME:  # full batch; a step is one Newton iteration (CG on HVPs inside)
+        trace = newton.newton_cg(newton.Objective(model, X, y), max_iters=steps, tol=0.0, damping=1.0,
+                                 log=lambda line: log(f"{line}  accuracy {model.accuracy(Xt, yt):.3f}"))
+        return model, model.accuracy(Xt, yt), [loss for _, loss in trace.points]
     opt = make_optimizer(optimizer, model.parameters(), lr=lr)
     loader = DataLoader(X, y, batch_size=batch_size, seed=seed)
     losses, step = [], 0
@@ -158,17 +167,21 @@ class CharRNN(GraphModel):
         H = self.config["hidden"]
         return tuple(np.zeros((batch, H), self.dtype) for _ in range(2 if self.config["cell"] == "lstm" else 1))
 
-    def forward(self, x, y=None, state=None):
-        """x (B, T) ids -> logits (B, T, V), final state; with y also the loss."""
+    def batch(self, x, y=None, state=None):
         x = np.asarray(x)
         B, T = x.shape
         state = self.initial(B) if state is None else state
         inputs = {"x": x.T, **{n: s for n, s in zip(("h0", "c0"), state)}}
         if y is not None:
             inputs["y"] = np.asarray(y).T.reshape(-1)
+        return (B, T), inputs
+
+    def forward(self, x, y=None, state=None):
+        """x (B, T) ids -> logits (B, T, V), final state; with y also the loss."""
+        (B, T), inputs = self.batch(x, y, state)
         loss = self.run((B, T), inputs, loss=y is not None)
         logits = self.result("logits").reshape(T, B, -1).transpose(1, 0, 2).copy()
-        final = tuple(self.result(n).copy() for n in ("h", "c")[:len(state)])
+        final = tuple(self.result(n).copy() for n in ("h", "c")[:len(self.initial(0))])
         return (logits, final) if y is None else (logits, final, loss)
 
     def next_logits(self, ids) -> np.ndarray:

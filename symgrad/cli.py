@@ -17,7 +17,9 @@ COMMANDS = {
     "sample": ("symgrad.train_cmd", "sample_main"),
     "docs": ("symgrad.docs_cmd", "main"),
 }
-BENCH = {"kernels": ("symgrad.kernels_cmd", "bench_main"), "train": ("symgrad.train_cmd", "bench_main")}
+BENCH = {"kernels": ("symgrad.kernels_cmd", "bench_main"), "train": ("symgrad.train_cmd", "bench_main"),
+         "hvp": ("symgrad.second_order_cmd", "bench_hvp_main"),
+         "newton": ("symgrad.second_order_cmd", "bench_newton_main")}
 
 USAGE = """usage: symgrad COMMAND [...]
   derive NAME [--format text|latex|json]   the derivation of a layer
@@ -25,7 +27,8 @@ USAGE = """usage: symgrad COMMAND [...]
   verify FILE.py:FUNC --layer L --wrt ARG  check a hand-derived gradient
   train gpt|mlp|rnn|lstm|word2vec [...]    train a model
   sample CHECKPOINT [...]                  sample from a trained model
-  bench kernels|train [--json]             speed against PyTorch, measured in the same run
+  bench kernels|train|hvp [--json]         speed against PyTorch, measured in the same run
+  bench newton [--json]                    Newton-CG against Adam and L-BFGS (logistic regression)
   docs build|serve                         the derivation site"""
 
 

@@ -75,7 +75,8 @@ def _train_parser():
     p.add_argument("model", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--steps", type=_positive_int, help="total training steps (default per model; epochs for cnn)")
     p.add_argument("--lr", type=_lr, help="learning rate (default per model/optimizer)")
-    p.add_argument("--optimizer", help="sgd, gd, momentum, nesterov, adagrad, rmsprop, adam, adamw")
+    p.add_argument("--optimizer", help="sgd, gd, momentum, nesterov, adagrad, rmsprop, adam, adamw; "
+                   "newton-cg (mlp: full-batch Newton-CG on whole-model HVPs, --steps Newton iterations)")
     p.add_argument("--schedule", default="constant", help="constant, step, cosine")
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--seed", type=int, default=0)
@@ -129,12 +130,16 @@ def train_main(argv) -> int:
 
 
 def _common_checks(a):
+    from models import newton
     from models.optim import OPTIMIZERS
     from models.schedules import SCHEDULES
     if a.model not in MODELS:
         raise UsageError(f"unknown model '{a.model}'; choose one of: {', '.join(MODELS)}")
-    if a.optimizer is not None and a.optimizer not in OPTIMIZERS:
-        raise UsageError(f"unknown optimizer '{a.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
+    if a.optimizer == newton.NAME and a.model != "mlp":
+        raise UsageError(f"--optimizer {newton.NAME} trains the mlp (full batch), not {a.model}")
+    if a.optimizer is not None and a.optimizer not in OPTIMIZERS and a.optimizer != newton.NAME:
+        raise UsageError(f"unknown optimizer '{a.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}, "
+                         f"{newton.NAME} (mlp)")
     if a.schedule not in SCHEDULES:
         raise UsageError(f"unknown schedule '{a.schedule}'; choose one of: {', '.join(SCHEDULES)}")
     for name in ("max_grad_norm", "weight_decay"):

@@ -138,3 +138,16 @@ def test_bench_text(capsys, keep_threads):
 def test_memory_child(keep_threads):
     r = bench._memory_child("eager", _tiny().as_dict(), 2, 1, 1)
     assert r["peak_mib"] >= r["baseline_mib"] > 0 and r["growth_mib"] >= 0
+
+
+@needs_torch
+def test_bench_hvp_agrees_with_torch_and_reports_a_ratio_with_its_spread(capsys, keep_threads):
+    from models import bench_hvp
+
+    res = bench_hvp.run(_args(rounds=2), cfg=_tiny(), batch=2)
+    assert res["max_rel_difference"] < 1e-4  # float32 H v against torch's double backward
+    assert res["speedup_min"] <= res["speedup"] <= res["speedup_max"] and res["speedup"] > 0
+    assert res["symgrad_ms"] > 0 and res["torch_ms"] > 0
+    text = bench_hvp.report(res)
+    assert "torch double backward" in text and "speedup" in text
+    assert json.loads(bench_hvp.report(res, as_json=True))["batch"] == 2
