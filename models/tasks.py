@@ -48,6 +48,13 @@ class GPTTask(Task):
         finally:
             self.model.train()
 
+    def sharpness(self) -> float:
+        """The top Hessian eigenvalue of the loss on one fixed training batch (the same batch
+        at every measurement, drawn by the seed), by Lanczos over whole-model HVPs."""
+        from .sharpness import sharpness
+        x, y = self.data.batch("train", self.batch_size, np.random.default_rng(self.seed + 3))
+        return sharpness(self.model, x, y)[0]
+
     def rng_state(self):
         return rng_state(self.rng)
 

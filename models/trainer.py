@@ -29,6 +29,7 @@ class RunState:
     step: int = 0
     history: list = field(default_factory=list)  # [step, train loss] per step
     val_history: list = field(default_factory=list)  # [step, val loss]
+    sharpness_history: list = field(default_factory=list)  # [step, top Hessian eigenvalue]
 
 
 class Task:
@@ -42,6 +43,9 @@ class Task:
 
     def val_loss(self) -> float:
         raise NotImplementedError
+
+    def sharpness(self) -> float:  # the top Hessian eigenvalue on a fixed batch (models.sharpness)
+        raise NotImplementedError(f"{self.kind}: sharpness is not measured for this task")
 
     def rng_state(self) -> dict:
         raise NotImplementedError
@@ -69,7 +73,7 @@ def set_rng_state(rng: np.random.Generator, state: dict):
 
 class Trainer:
     def __init__(self, task: Task, model, optimizer, out_dir, eval_interval=250, log=print,
-                 progress=True, world=None):
+                 progress=True, world=None, sharpness_every=0):
         self.task, self.model, self.opt = task, model, optimizer
         # data-parallel under `mpirun -n K` (models.distributed); one process: hooks that do nothing
         self.world = distributed.world() if world is None else world
@@ -77,6 +81,7 @@ class Trainer:
         self.ckpt_path = self.out_dir / "ckpt.npz"
         checkpoint.check_target(self.ckpt_path)  # before training, not at the first save
         self.eval_interval = eval_interval
+        self.sharpness_every = sharpness_every  # 0: never
         self.state = RunState()
         self.log = log if self.world.root else (lambda *a, **k: None)
         self.progress = progress and self.world.root
@@ -94,7 +99,7 @@ class Trainer:
     def _write(self):
         meta = {"kind": self.task.kind, "config": self.task.config(), "step": self.state.step,
                 "rng": self.task.rng_state(), "history": self.state.history,
-                "val_history": self.state.val_history}
+                "val_history": self.state.val_history, "sharpness_history": self.state.sharpness_history}
         try:
             checkpoint.save(self.ckpt_path, meta, self.model.state_dict(), self.opt.state_dict(),
                             self.task.extra_state())
@@ -124,7 +129,8 @@ class Trainer:
         self.opt.load_state_dict(ck["opt_state"])
         self.task.set_rng_state(meta["rng"])
         self.task.set_extra_state(ck["extra"])
-        self.state = RunState(meta["step"], meta.get("history", []), meta.get("val_history", []))
+        self.state = RunState(meta["step"], meta.get("history", []), meta.get("val_history", []),
+                              meta.get("sharpness_history", []))
         self.last_saved_step = meta["step"]
 
     # --- loop ----------------------------------------------------------------------
@@ -167,6 +173,11 @@ class Trainer:
                 bar.set_postfix_str(f"loss {loss:.4f}, {tps:,.0f} tok/s", refresh=False)
                 bar.update(1)
                 s = self.state.step
+                if self.sharpness_every and (s % self.sharpness_every == 0 or s == steps):
+                    lam = self.task.sharpness()  # every rank: the same batch and parameters
+                    self.state.sharpness_history.append([s, lam])
+                    if self.world.root:
+                        bar.write(f"step {s:6d}  sharpness {lam:.4g}")
                 if s % self.eval_interval == 0 or s == steps:
                     v = self.evaluate()
                     if self.world.root:
@@ -200,6 +211,8 @@ class Trainer:
             return 130
         if state.val_history and self.world.root:
             print("val loss: " + ", ".join(f"{s}: {v:.3f}" for s, v in state.val_history))
+        if state.sharpness_history and self.world.root:
+            print("sharpness: " + ", ".join(f"{s}: {v:.4g}" for s, v in state.sharpness_history))
         if self.world.summary() is not None and self.world.root:
             print(self.world.summary())
         return None

@@ -84,6 +84,9 @@ def _train_parser():
     p.add_argument("--resume", metavar="CKPT", help="continue the run saved in this checkpoint")
     p.add_argument("--text", help="training text (default: the shipped tinyshakespeare)")
     p.add_argument("--eval-interval", type=_positive_int)
+    p.add_argument("--sharpness-every", type=_positive_int, metavar="N",
+                   help="gpt: every N steps, the loss Hessian's top eigenvalue on a fixed batch (Lanczos over "
+                        "whole-model HVPs), printed and kept in the checkpoint's sharpness_history")
     p.add_argument("--max-grad-norm", type=float, help="clip gradients to this global norm")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--n-layer", type=_positive_int)
@@ -135,6 +138,8 @@ def _common_checks(a):
     from models.schedules import SCHEDULES
     if a.model not in MODELS:
         raise UsageError(f"unknown model '{a.model}'; choose one of: {', '.join(MODELS)}")
+    if a.sharpness_every is not None and a.model != "gpt":
+        raise UsageError(f"--sharpness-every is measured for gpt, not {a.model}")
     if a.optimizer == newton.NAME and a.model != "mlp":
         raise UsageError(f"--optimizer {newton.NAME} trains the mlp (full batch), not {a.model}")
     if a.optimizer is not None and a.optimizer not in OPTIMIZERS and a.optimizer != newton.NAME:
@@ -262,7 +267,8 @@ def _train_gpt(a) -> int:
         return dict(base_config(), train=task.train_conf)
 
     task.config = config
-    trainer = Trainer(task, task.model, opt, out, eval_interval=eval_interval, progress=not a.no_progress)
+    trainer = Trainer(task, task.model, opt, out, eval_interval=eval_interval, progress=not a.no_progress,
+                      sharpness_every=a.sharpness_every or 0)
     say = print if trainer.world.root else (lambda *a: None)  # under MPI, rank 0 alone prints
     if ck is not None:
         try:
