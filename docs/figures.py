@@ -3,6 +3,7 @@
     python3 -m docs.figures record gpt [--steps 300] [--out docs/data/gpt-loss.json]
     python3 -m docs.figures record gpt --from-checkpoint runs/gpt-1   # a run you already have
     python3 -m docs.figures record mlp [--steps 600] [--out docs/data/mlp-loss.json]
+    python3 -m docs.figures record sharpness [--steps 300]          # the GPT, --sharpness-every 25
     python3 -m docs.figures render [--out DIR]                        # the PNGs, to look at
 
 `record` trains through the real API (`symgrad train gpt` for the GPT; `models.zoo.MLP` with
@@ -35,12 +36,16 @@ import numpy as np
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 DATA = DOCS / "data"
-DEFAULT_OUT = {"gpt": DATA / "gpt-loss.json", "mlp": DATA / "mlp-loss.json"}
-DEFAULT_STEPS = {"gpt": 300, "mlp": 600}
+DEFAULT_OUT = {"gpt": DATA / "gpt-loss.json", "mlp": DATA / "mlp-loss.json",
+               "sharpness": DATA / "gpt-sharpness.json"}
+DEFAULT_STEPS = {"gpt": 300, "mlp": 600, "sharpness": 300}
+SHARPNESS_EVERY = 25  # steps between sharpness measurements of `record sharpness`
 # Where the rendered PNGs live in the site (docs/hooks.py adds them as generated files).
 FIGURES_DIR = "figures"
 FIGURES = {"gpt": f"{FIGURES_DIR}/gpt-loss.png", "mlp": f"{FIGURES_DIR}/mlp-loss.png",
-           "trajectories": f"{FIGURES_DIR}/optimizer-trajectories.png"}
+           "trajectories": f"{FIGURES_DIR}/optimizer-trajectories.png",
+           "sharpness": f"{FIGURES_DIR}/gpt-sharpness.png"}
+CURVES = ("train", "val", "sharpness")  # the [step, value] lists a recorded run may hold
 
 
 # --- recording loss curves -------------------------------------------------------------------
@@ -58,8 +63,11 @@ def from_checkpoint(path) -> dict:
     ck = checkpoint.load(path)
     meta = ck["meta"]
     config = {k: v for k, v in meta.get("config", {}).items() if k != "vocab"}
-    return {"model": meta.get("kind"), "steps": int(meta["step"]), "config": config,
-            "train": _rounded(meta.get("history", [])), "val": _rounded(meta.get("val_history", []))}
+    out = {"model": meta.get("kind"), "steps": int(meta["step"]), "config": config,
+           "train": _rounded(meta.get("history", [])), "val": _rounded(meta.get("val_history", []))}
+    if meta.get("sharpness_history"):
+        out["sharpness"] = _rounded(meta["sharpness_history"])
+    return out
 
 
 def record_gpt(steps: int, eval_interval: int | None = None, seed: int = 0, extra_args=()) -> dict:
@@ -160,11 +168,12 @@ def write(data: dict, out) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # One [step, loss] pair per line: small diffs when the data is re-recorded.
-    head = {k: v for k, v in data.items() if k not in ("train", "val")}
+    head = {k: v for k, v in data.items() if k not in CURVES}
     lines = ["{"] + [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
-    for key in ("train", "val"):
+    curves = [k for k in CURVES if k in data]
+    for key in curves:
         rows = ",\n    ".join(json.dumps(r) for r in data[key])
-        lines.append(f'  "{key}": [\n    {rows}\n  ]' + ("," if key == "train" else ""))
+        lines.append(f'  "{key}": [\n    {rows}\n  ]' + ("," if key != curves[-1] else ""))
     lines.append("}")
     text = "\n".join(lines) + "\n"
     json.loads(text)
@@ -343,6 +352,29 @@ def loss_figure(data: dict, title: str) -> bytes:
     return _png(fig)
 
 
+def sharpness_figure(data: dict, title: str) -> bytes:
+    """The recorded run's sharpness (top Hessian eigenvalue on a fixed batch) over its loss."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.2, 5.4), sharex=True, layout="constrained")
+    tr = np.array(data["train"], dtype=float).reshape(-1, 2)
+    va = np.array(data["val"], dtype=float).reshape(-1, 2)
+    sh = np.array(data["sharpness"], dtype=float).reshape(-1, 2)
+    if len(tr):
+        top.plot(tr[:, 0], _smooth(tr[:, 1], max(1, len(tr) // 50)), color="#303f9f", lw=1.4,
+                 label="train loss (smoothed)")
+    if len(va):
+        top.plot(va[:, 0], va[:, 1], "o-", color="#e65100", lw=1.4, ms=3, label="validation loss")
+    top.set_ylabel("loss (nats)")
+    top.grid(alpha=0.3)
+    top.legend()
+    top.set_title(title)
+    bottom.plot(sh[:, 0], sh[:, 1], "s-", color="#2e7d32", lw=1.6, ms=4)
+    bottom.set_ylabel("top Hessian eigenvalue")
+    bottom.set_xlabel("step")
+    bottom.grid(alpha=0.3)
+    return _png(fig)
+
+
 COLORS = {"gradient descent": "#1565c0", "momentum": "#c62828", "RMSprop": "#2e7d32", "Adam": "#6a1b9a"}
 
 
@@ -389,6 +421,13 @@ def render_all(data_dir=DATA) -> tuple[dict, list]:
             problems.append(f"loss curve data {path}: {type(e).__name__}: {e}")
             continue
         out[FIGURES[model]] = loss_figure(data, f"{title}: {data.get('steps', '?')} steps")
+    path = Path(data_dir) / DEFAULT_OUT["sharpness"].name
+    try:
+        data = load("sharpness", path)
+        out[FIGURES["sharpness"]] = sharpness_figure(data, f"GPT sharpness during training "
+                                                           f"(every {data.get('every', '?')} steps)")
+    except (OSError, ValueError, KeyError) as e:
+        problems.append(f"sharpness data {path}: {type(e).__name__}: {e}")
     try:
         out[FIGURES["trajectories"]] = trajectories_figure(trajectories())
     except Exception as e:  # report it; the build turns it into a warning, so --strict fails
@@ -402,7 +441,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m docs.figures", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="action", required=True)
     r = sub.add_parser("record", help="train a model and write its loss curves as JSON")
-    r.add_argument("model", choices=("gpt", "mlp"))
+    r.add_argument("model", choices=("gpt", "mlp", "sharpness"))
     r.add_argument("--steps", type=int, help="training steps (default: gpt 300, mlp 600)")
     r.add_argument("--out", help="JSON file (default: docs/data/<model>-loss.json)")
     r.add_argument("--eval-interval", type=int, help="steps between validation losses "
@@ -425,7 +464,7 @@ def main(argv=None) -> int:
         for msg in problems:
             print(f"problem: {msg}", file=sys.stderr)
         return 1 if problems else 0
-    if rest and a.model != "gpt":
+    if rest and a.model == "mlp":
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     if a.steps is not None and a.steps < 1:
         p.error("--steps must be >= 1")
@@ -438,6 +477,10 @@ def main(argv=None) -> int:
     elif a.model == "gpt":
         # Anything else on the line goes to `symgrad train gpt` (e.g. --n-layer 2 for a quick try).
         data = record_gpt(a.steps or DEFAULT_STEPS["gpt"], a.eval_interval, a.seed, rest)
+    elif a.model == "sharpness":
+        data = record_gpt(a.steps or DEFAULT_STEPS["sharpness"], a.eval_interval, a.seed,
+                          ["--sharpness-every", str(SHARPNESS_EVERY), *rest])
+        data["every"] = SHARPNESS_EVERY
     else:
         data = record_mlp(a.steps or DEFAULT_STEPS["mlp"], a.eval_interval, a.seed)
     data["recorded_seconds"] = round(time.perf_counter() - t0, 1)
