@@ -5,7 +5,7 @@ pages from derive/ at build time and installs the local MathJax.
   (docs/fetch_assets.py); no CDN is ever used.
 - on_files: docs/sitegen generates layers/*.md and optimizers/*.md (never written to disk) and
   expands the `Layers` and `Optimizers` nav entries into one entry per page. A layer whose
-  derivation raises, or whose numeric gradient check fails, is reported as a warning, so
+  derivation raises, or whose numeric gradient or HVP check fails, is reported as a warning, so
   `mkdocs build --strict` fails loudly instead of skipping it; its page shows the error.
 - on_files also adds the pictures (docs/figures.py): the loss curves rendered with matplotlib from
   the recorded runs in docs/data/*.json, and the optimizer trajectories, computed now with the
@@ -15,7 +15,9 @@ pages from derive/ at build time and installs the local MathJax.
   `<!-- symgrad:source models.gpt:gpt_graph -->` the source of that function (so a page that
   explains code shows the code as it is); `<!-- symgrad:step gpt -->` the training step symgrad
   prints for a small GPT; `<!-- symgrad:run gpt -->` a table saying what the recorded run
-  behind a loss curve was.
+  behind a loss curve was; `<!-- symgrad:derive cross_entropy --order 2 -->` what
+  `symgrad derive cross_entropy --order 2` prints; `<!-- symgrad:newton -->` the Newton steps of
+  docs/newton_step.py (models.newton on whole-model HVPs), run now.
 
 Environment: SYMGRAD_DOCS_LAYERS=a,b restricts the generated layers (development only).
 Generation runs once per process: restart `mkdocs serve` to see changes to derive/ (Python caches
@@ -53,6 +55,7 @@ def _paths():
 _paths()
 import fetch_assets  # noqa: E402  (docs/fetch_assets.py)
 import figures  # noqa: E402  (docs/figures.py)
+import newton_step  # noqa: E402  (docs/newton_step.py)
 import sitegen  # noqa: E402  (docs/sitegen/)
 
 log = logging.getLogger("mkdocs.hooks.symgrad")
@@ -62,6 +65,8 @@ CLI_MARKER = "<!-- symgrad:cli-help -->"
 SOURCE_MARKER = re.compile(r"<!-- symgrad:source ([\w.]+):([\w.]+) -->")
 RUN_MARKER = re.compile(r"<!-- symgrad:run (\w+) -->")
 STEP_MARKER = "<!-- symgrad:step gpt -->"
+DERIVE_MARKER = re.compile(r"<!-- symgrad:derive (\w+)( --order 2)? -->")
+NEWTON_MARKER = "<!-- symgrad:newton -->"
 
 
 def on_pre_build(config):
@@ -152,7 +157,10 @@ def _source(module: str, qualname: str) -> str:
         return f"`{module}:{qualname}` (source unavailable)"
     indent = min(len(line) - len(line.lstrip()) for line in src.splitlines() if line.strip())
     src = "\n".join(line[indent:] for line in src.splitlines())
-    path = module.replace(".", "/") + ".py"
+    try:  # docs/newton_step.py is imported as `newton_step`: name it by its path
+        path = Path(inspect.getsourcefile(obj)).resolve().relative_to(ROOT).as_posix()
+    except (TypeError, ValueError):
+        path = module.replace(".", "/") + ".py"
     return f'```python title="{path}: {qualname}"\n{src}\n```'
 
 
@@ -176,6 +184,37 @@ def _printed_step() -> str:
     return f'??? example "The printed step of a one-block GPT (batch 2, block 8)"\n\n    ```python\n{body}\n    ```\n'
 
 
+def _derive_output(name: str, order2: bool) -> str:
+    """What `symgrad derive NAME [--order 2]` prints, as a console block, or a warning."""
+    _paths()
+    try:
+        from symgrad import derive_cmd
+
+        if order2:
+            from derive.second_order import second_order
+            text = derive_cmd.render_text_order2(second_order(name))
+        else:
+            import derive
+            text = derive_cmd.render_text(derive.layer(name))
+    except Exception as e:
+        log.warning(f"symgrad: cannot show `symgrad derive {name}`: {type(e).__name__}: {e}")
+        return f"(`symgrad derive {name}` is unavailable in this build)"
+    flag = " --order 2" if order2 else ""
+    return f"```console\n$ symgrad derive {name}{flag}\n{text}\n```"
+
+
+def _newton() -> str:
+    _paths()
+    try:
+        t0 = time.perf_counter()
+        md = newton_step.report()
+        log.debug(f"symgrad: Newton steps in {time.perf_counter() - t0:.1f} s")
+        return md
+    except Exception as e:
+        log.warning(f"symgrad: cannot run the Newton steps of docs/newton_step.py: {type(e).__name__}: {e}")
+        return "(the Newton steps are unavailable in this build)"
+
+
 def on_page_markdown(markdown, page, config, files):
     if STEP_MARKER in markdown:
         if "step" not in _cache:
@@ -183,6 +222,11 @@ def on_page_markdown(markdown, page, config, files):
         markdown = markdown.replace(STEP_MARKER, _cache["step"])
     markdown = SOURCE_MARKER.sub(lambda m: _source(m.group(1), m.group(2)), markdown)
     markdown = RUN_MARKER.sub(lambda m: figures.run_summary(m.group(1)), markdown)
+    markdown = DERIVE_MARKER.sub(lambda m: _derive_output(m.group(1), bool(m.group(2))), markdown)
+    if NEWTON_MARKER in markdown:
+        if "newton" not in _cache:
+            _cache["newton"] = _newton()
+        markdown = markdown.replace(NEWTON_MARKER, _cache["newton"])
     if CLI_MARKER in markdown:
         if "cli" not in _cache:
             t0 = time.perf_counter()

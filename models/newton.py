@@ -72,11 +72,13 @@ class Objective:
 
 @dataclass
 class Trace:
-    """A run: (passes, loss) after each iteration, and the wall time in seconds."""
+    """A run: (passes, loss) after each iteration, and the wall time in seconds; Newton-CG also
+    keeps (iteration, loss, |gradient|, CG iterations that led there, step length) per iteration."""
 
     method: str
     points: list = field(default_factory=list)
     seconds: float = 0.0
+    iterations: list = field(default_factory=list)
 
     def passes_to(self, target: float):
         """Passes until the loss first reached `target` (None: never)."""
@@ -125,6 +127,7 @@ def newton_cg(obj: Objective, *, tol: float = 1e-10, max_iters: int = 50, max_cg
     theta = obj.theta.copy()
     loss, g = obj.loss_grad(theta)
     tr.points.append((obj.passes, loss))
+    tr.iterations.append((0, loss, math.sqrt(g @ g), 0, 0.0))
     for it in range(max_iters):
         gn = math.sqrt(g @ g)
         if gn <= tol or (target is not None and loss <= target):
@@ -147,6 +150,7 @@ def newton_cg(obj: Objective, *, tol: float = 1e-10, max_iters: int = 50, max_cg
             damping *= 1.5 if rho < 0.25 else (2 / 3 if rho > 0.75 else 1.0)
         theta, loss, g = trial, new, g_new
         tr.points.append((obj.passes, loss))
+        tr.iterations.append((it + 1, loss, math.sqrt(g @ g), n_cg, step))
         if log:
             log(f"newton {it + 1:3d}  loss {loss:.12f}  |g| {math.sqrt(g @ g):.2e}  cg {n_cg:3d}  step {step:g}"
                 + (f"  damping {damping:.3g}" if damping else "") + f"  passes {obj.passes}")

@@ -1,5 +1,10 @@
 """The site generator in docs/sitegen, the pictures (docs/figures.py) and `symgrad docs`: costs,
-the gradient check, page text, recorded loss curves, optimizer trajectories.
+the gradient and HVP checks, page text (the "Second order" section of every layer page), the
+Newton steps of the second-order guide (docs/newton_step.py), recorded loss curves, optimizer
+trajectories.
+
+The HVP kernels compile into the same kernel cache as the site build ($SYMGRAD_CACHE_DIR, else
+~/.cache/symgrad), so whichever runs first compiles them for the other.
 
 The whole-site build and the browser checks are in tests/test_docs_browser.py.
 """
@@ -22,6 +27,8 @@ sys.path.insert(0, str(ROOT / "docs"))
 
 import derive  # noqa: E402
 import figures  # noqa: E402  (docs/figures.py)
+import newton_step  # noqa: E402  (docs/newton_step.py)
+import sitegen  # noqa: E402
 from sitegen import costs, gradcheck, pages  # noqa: E402
 
 
@@ -119,7 +126,36 @@ def test_gradient_check_reports_a_wrong_gradient_with_the_element(monkeypatch):
     by = {a.arg: a for a in r.args}
     assert by["x"].ok and not by["w"].ok and not r.ok
     assert by["w"].failures == by["w"].checked
-    assert abs(by["w"].vjp - 1.01 * by["w"].fd) < 1e-6 * max(1, abs(by["w"].fd))
+    assert abs(by["w"].derived - 1.01 * by["w"].fd) < 1e-6 * max(1, abs(by["w"].fd))
+
+
+def test_hvp_check_passes_for_the_printed_kernel_of_a_layer_defined_only_by_its_forward():
+    pytest.importorskip("derive.reference")
+    from compiled.second_order import second_order_kernels
+
+    d = derive.define("swish_for_docs_hvp", swish_layer)
+    r = gradcheck.run_hvp(d, second_order_kernels(d, "float64").hvp)
+    assert r.ok, r
+    assert [a.arg for a in r.args] == ["x"] and r.args[0].checked == 12
+    assert r.args[0].max_rel_err < 1e-8 and r.scale > 0
+
+
+def test_hvp_check_reports_a_wrong_hessian_vector_product_with_the_element():
+    pytest.importorskip("derive.reference")
+    from derive import reference
+
+    d = derive.define("swish_for_docs_hvp_wrong", swish_layer)
+
+    def hvp(args, v, upstream):  # H v of swish with the second derivative 1 % too large
+        h = 1e-4
+        plus = reference.vjp(d, upstream, {**args, "x": args["x"] + h * v["x"]})["x"]
+        minus = reference.vjp(d, upstream, {**args, "x": args["x"] - h * v["x"]})["x"]
+        return {"x": 1.01 * (plus - minus) / (2 * h)}
+
+    r = gradcheck.run_hvp(d, hvp)
+    (a,) = r.args
+    assert not r.ok and a.failures == a.checked == 12
+    assert abs(a.derived - 1.01 * a.fd) < 1e-6 * max(1, abs(a.fd)) and a.max_rel_err > 1e-3
 
 
 def test_gradient_check_says_when_the_reference_evaluator_is_missing(monkeypatch):
@@ -146,13 +182,67 @@ def test_softmax_page_has_every_section_and_the_stable_form_note():
     info = pages.analyse("softmax", derive)
     md = pages.layer_page(info, {"softmax"})
     for heading in ("## Forward definition", "## Backward, step by step", "## Result",
-                    "## Generated kernel", "## Cost", "## Numeric gradient check"):
+                    "## Generated kernel", "## Cost", "## Numeric gradient check",
+                    "## Second order", "### Tangents (JVP)", "### Hessian-vector product",
+                    "### HVP kernel", "### Numeric check of H v"):
         assert heading in md
+    assert md.index("## Numeric gradient check") < md.index("## Second order")
     assert "Numerically stable form" in md
     d = derive.layer("softmax")
     for step in d.steps_of("simplified"):
         assert pages.tex(step.latex) in md
     assert not info.warnings, info.warnings
+
+
+@pytest.fixture(scope="module")
+def second_order_of_every_layer():
+    """pages.second_order_info of every built-in layer, computed as the site build does (worker
+    processes, the same kernel cache)."""
+    names = sitegen.layer_names(derive)
+    with sitegen.SecondOrderPool(names) as s:
+        return {n: s.result(n) for n in names}
+
+
+@pytest.mark.parametrize("name", sitegen.layer_names(derive))
+def test_layer_page_has_a_second_order_section_with_hvp_steps_and_a_passing_numeric_check(
+        name, second_order_of_every_layer):
+    s2 = second_order_of_every_layer[name]
+    assert not s2.warnings, f"{name}: " + "\n".join(s2.warnings)
+    md = pages.second_order_section(pages.LayerInfo(name, derivation=derive.layer(name), second=s2))
+    assert md.startswith("## Second order"), md[:300]
+    hvp_steps = s2.so.steps_of("hvp")
+    assert hvp_steps, f"{name}: derive.second_order has no HVP step"
+    for step in hvp_steps + s2.so.steps_of("tangent") + s2.so.steps_of("hessian"):
+        assert pages.tex(step.latex) in md, f"{name}: the page lacks the {step.kind} step of {step.about}"
+    assert f"def {s2.kernel_func}(" in md, f"{name}: the page does not show the HVP kernel"
+    c = s2.check
+    assert c is not None and c.ok, f"{name}: HVP check {c}"
+    assert {a.arg for a in c.args} == set(derive.layer(name).grads)
+    worst = max(c.args, key=lambda a: a.max_rel_err)
+    assert worst.max_rel_err < 1e-6, \
+        f"{name}: H v for {worst.arg} is off by {worst.max_rel_err:.1e} (relative)"
+    assert "finite differences of the gradient: passed" in md and f"{worst.max_rel_err:.1e}" in md
+
+
+def test_cross_entropy_page_shows_its_hessian_with_p_abbreviated():
+    info = pages.LayerInfo("cross_entropy", derivation=derive.layer("cross_entropy"),
+                           second=pages.second_order_of("cross_entropy"))
+    md = pages.second_order_section(info)
+    assert "### Hessian" in md and "where ${p}_{n,k} = e^{" in md
+    assert "symgrad derive cross_entropy --order 2" in md
+
+
+def test_a_failing_hvp_check_is_a_warning_and_a_failure_on_the_page(monkeypatch):
+    def wrong(d, hvp, seed=0):
+        r = gradcheck.CheckResult(d.name, {"N": 3}, seed, scale=1.0)
+        r.args.append(gradcheck.compare("x", (1,), [(0,)], [1.0], [1.5], 1.0))
+        return r
+
+    monkeypatch.setattr(gradcheck, "run_hvp", wrong)
+    s2 = pages.second_order_of("softmax")
+    assert s2.warnings and "HVP check FAILED" in s2.warnings[0] and "1.5" in s2.warnings[0]
+    md = pages.second_order_section(pages.LayerInfo("softmax", derivation=derive.layer("softmax"), second=s2))
+    assert '!!! failure "H v against finite differences of the gradient: FAILED' in md and "**1 off**" in md
 
 
 def test_kernel_section_explains_a_missing_kernel(monkeypatch):
@@ -174,8 +264,9 @@ def test_a_layer_that_fails_to_derive_is_a_warning_and_an_error_page():
     assert "!!! failure" in md and "no such luck" in md
 
 
-def test_generate_builds_pages_nav_and_cross_links():
-    site = __import__("sitegen").generate(["softmax", "attention"])
+def test_generate_builds_pages_nav_and_cross_links(monkeypatch):
+    monkeypatch.setenv("SYMGRAD_DOCS_JOBS", "1")  # two layers, kernels compiled above: no workers
+    site = sitegen.generate(["softmax", "attention"])
     assert {"layers/softmax.md", "layers/attention.md", "layers/index.md",
             "optimizers/index.md"} <= set(site.pages)
     assert site.layer_nav == [{"softmax": "layers/softmax.md"}, {"attention": "layers/attention.md"}]
@@ -188,6 +279,21 @@ def test_generate_builds_pages_nav_and_cross_links():
 def test_optimizer_index_says_why_there_are_no_pages():
     md = pages.optimizer_index([], "models.optimizers: ModuleNotFoundError: nope")
     assert "No optimizer pages" in md and "nope" in md
+
+
+# --- the Newton steps of the second-order guide ---------------------------------------------
+
+def test_newton_guide_steps_lower_the_loss_to_a_stationary_point_quadratically():
+    obj, tr = newton_step.run()
+    rows = tr.iterations
+    losses = [r[1] for r in rows]
+    assert abs(losses[0] - math.log(3)) < 1e-12
+    assert all(b <= a + 1e-15 for a, b in zip(losses, losses[1:])), losses
+    assert rows[-1][2] <= 1e-10 and len(rows) <= 7, rows
+    assert rows[-2][2] < 1e-4 and rows[-1][2] < 10 * rows[-2][2] ** 2, rows  # the norm squares
+    assert all(0 < r[3] <= 9 for r in rows[1:])  # CG on 9 parameters: at most 9 products
+    md = newton_step.report()
+    assert md.count("\n| ") == len(rows) + 1 and "9 parameters" in md
 
 
 # --- pictures: recorded loss curves ---------------------------------------------------------
@@ -243,6 +349,14 @@ def test_loss_figure_is_a_png_and_the_same_data_gives_the_same_bytes():
     data = {"steps": 4, "train": [[1, 4.0], [2, 3.0], [3, 2.5], [4, 2.4]], "val": [[2, 3.1], [4, 2.6]]}
     a, b = figures.loss_figure(data, "t"), figures.loss_figure(data, "t")
     assert a.startswith(PNG) and a == b
+
+
+def test_committed_sharpness_data_is_a_recorded_run_with_sharpness_every_25_steps():
+    data = figures.load("sharpness")
+    assert "--sharpness-every 25" in data["command"] and data["every"] == 25
+    steps = [s for s, _ in data["sharpness"]]
+    assert steps == list(range(25, data["steps"] + 1, 25)) and all(v > 0 for _, v in data["sharpness"])
+    assert figures.sharpness_figure(data, "t").startswith(PNG)
 
 
 def test_run_summary_names_the_command_and_the_losses(tmp_path):
@@ -309,6 +423,7 @@ IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
     ("guides/training.md", "gpt-loss.png"),
     ("guides/training.md", "mlp-loss.png"),
     ("guides/gpt.md", "gpt-loss.png"),
+    ("guides/second-order.md", "gpt-sharpness.png"),
 ])
 def test_page_shows_the_figure_with_alt_text(page, figure):
     md = (ROOT / "docs" / page).read_text()

@@ -1,11 +1,20 @@
-"""The numeric gradient check each layer page reports, run at build time in float64.
+"""The numeric checks each layer page reports, run at build time in float64.
 
-For random arguments and a random upstream gradient `g`, the scalar `L = sum_o <g_o, y_o>` (one
-term per output) has `dL/d(arg) = VJP(arg)`. Its central finite difference
-`(L(arg + h e) - L(arg - h e)) / 2h` is compared with the VJP that `derive.reference.vjp` evaluates
-from the derived expressions, at every element (or a random sample of MAX_ELEMENTS elements of a
-large argument). Both sides come from `derive.reference`, a plain float64 NumPy evaluator of the
-forward definition and of the derived gradients; nothing here knows any layer's gradient.
+First order (`run`): for random arguments and a random upstream gradient `g`, the scalar
+`L = sum_o <g_o, y_o>` (one term per output) has `dL/d(arg) = VJP(arg)`. Its central finite
+difference `(L(arg + h e) - L(arg - h e)) / 2h` is compared with the VJP that
+`derive.reference.vjp` evaluates from the derived expressions, at every element (or a random
+sample of MAX_ELEMENTS elements of a large argument). Both sides come from `derive.reference`, a
+plain float64 NumPy evaluator of the forward definition and of the derived gradients.
+
+Second order (`run_hvp`): for a random direction `v` (one tangent per differentiable argument,
+all moved together), `H v` from a Hessian-vector product (the printed HVP kernel, passed in) is
+compared with the central difference of the derived gradient along v,
+`(VJP(args + h v) - VJP(args - h v)) / 2h`, by `derive.reference.vjp` again, at every element.
+The upstream gradient is random, 1 for a scalar output (the Hessian of a loss).
+
+Both use the same dims, arguments, step and tolerance (`ATOL + RTOL * |fd|` per element);
+nothing here knows any layer's gradient.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ class ArgCheck:
     max_rel_err: float
     worst_index: tuple
     fd: float          # at worst_index: the finite difference ...
-    vjp: float         # ... and the derived VJP
+    derived: float     # ... and the derived value (the VJP, or H v)
     failures: int = 0  # elements outside ATOL + RTOL * |fd|
 
     @property
@@ -50,6 +59,7 @@ class CheckResult:
     dims: dict
     seed: int
     args: list = field(default_factory=list)
+    scale: float | None = None  # run_hvp: max |fd| over every argument (what max_rel_err divides by)
 
     @property
     def ok(self) -> bool:
@@ -103,6 +113,22 @@ def random_args(d, dims, rng) -> dict:
     return args
 
 
+def compare(arg: str, shape: tuple, indices: list, fd, derived, scale: float | None = None) -> ArgCheck:
+    """The finite differences `fd` and the derived values at `indices` of argument `arg`: an element
+    fails outside ATOL + RTOL * |fd|. The relative error is |error| / |fd| per element, or
+    |error| / scale when a scale is given (H v: the largest element of the whole product, so an
+    argument whose H v is zero, multihead attention's key bias, is not judged by its rounding)."""
+    fd, derived = np.asarray(fd, dtype=np.float64), np.asarray(derived, dtype=np.float64)
+    err = np.abs(fd - derived)
+    excess = err - (ATOL + RTOL * np.abs(fd))
+    rel = err / (np.maximum(np.abs(fd), 1e-12) if scale is None else max(scale, 1e-300))
+    w = int(np.argmax(excess)) if err.size else 0
+    return ArgCheck(arg, tuple(shape), len(indices), float(err.max(initial=0.0)),
+                    float(rel.max(initial=0.0)), tuple(int(i) for i in indices[w]) if indices else (),
+                    float(fd[w]) if err.size else 0.0, float(derived[w]) if err.size else 0.0,
+                    int(np.sum(excess > 0)))
+
+
 def run(d, seed: int = 0) -> CheckResult:
     """Central finite differences against derive.reference.vjp for every differentiable argument."""
     ref = _reference()
@@ -129,9 +155,7 @@ def run(d, seed: int = 0) -> CheckResult:
         if len(every) > MAX_ELEMENTS:
             pick = rng.choice(len(every), size=MAX_ELEMENTS, replace=False)
             every = [every[p] for p in sorted(pick)]
-        max_abs = max_rel = 0.0
-        worst = None  # (excess over tolerance, index, fd, vjp)
-        bad = 0
+        fds = []
         for idx in every:
             plus, minus = dict(args), dict(args)
             xp = np.array(x, dtype=np.float64, copy=True)
@@ -139,15 +163,34 @@ def run(d, seed: int = 0) -> CheckResult:
             xp[idx] += H
             xm[idx] -= H
             plus[name], minus[name] = xp, xm
-            fd = (loss(plus) - loss(minus)) / (2 * H)
-            v = float(an[idx])
-            err = abs(fd - v)
-            excess = err - (ATOL + RTOL * abs(fd))
-            bad += excess > 0
-            max_abs = max(max_abs, err)
-            max_rel = max(max_rel, err / max(abs(fd), 1e-12))
-            if worst is None or excess > worst[0]:
-                worst = (excess, idx, fd, v)
-        result.args.append(ArgCheck(name, np.shape(x), len(every), max_abs, max_rel, worst[1],
-                                    worst[2], worst[3], bad))
+            fds.append((loss(plus) - loss(minus)) / (2 * H))
+        result.args.append(compare(name, np.shape(x), every, fds, [an[idx] for idx in every]))
+    return result
+
+
+def run_hvp(d, hvp, seed: int = 0) -> CheckResult:
+    """H v from `hvp(args, tangents, upstream) -> {argument: H v}` (a layer's printed HVP kernel)
+    against central differences of derive.reference.vjp along v, for every differentiable
+    argument, at every element. A scalar output's upstream gradient is 1 (the Hessian of a loss)."""
+    ref = _reference()
+    rng = np.random.default_rng(seed)
+    dims = check_dims(d)
+    args = random_args(d, dims, rng)
+    upstream = {d.upstream(o.name): rng.standard_normal(_value(o.shape, dims)) if o.shape else 1.0
+                for o in d.outputs}
+    wrt = [a.name for a in d.arguments if a.differentiable]
+    v = {a: rng.standard_normal(np.shape(args[a])) for a in wrt}
+    got = hvp(args, v, upstream)
+    plus = ref.vjp(d, upstream, {**args, **{a: args[a] + H * v[a] for a in wrt}})
+    minus = ref.vjp(d, upstream, {**args, **{a: args[a] - H * v[a] for a in wrt}})
+    fd = {a: (np.asarray(plus[a], np.float64) - np.asarray(minus[a], np.float64)) / (2 * H) for a in d.grads}
+    result = CheckResult(d.name, {str(k): val for k, val in dims.items()}, seed)
+    result.scale = max((float(np.max(np.abs(f), initial=0.0)) for f in fd.values()), default=0.0)
+    for name in d.grads:
+        hv = np.asarray(got[name], dtype=np.float64)
+        if hv.shape != fd[name].shape:
+            raise AssertionError(f"{d.name}: H v for '{name}' has shape {hv.shape}, argument has "
+                                 f"{fd[name].shape}")
+        every = list(itertools.product(*(range(s) for s in hv.shape)))
+        result.args.append(compare(name, hv.shape, every, fd[name].ravel(), hv.ravel(), result.scale))
     return result

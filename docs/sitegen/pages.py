@@ -1,12 +1,14 @@
 """Markdown for the generated pages: one per layer, the layer index, one per optimizer.
 
 Every formula comes from a Derivation's recorded steps (`Step.latex`), every plain-text line
-from `Step.text`: the pages print the same records as `symgrad derive` and the kernel printer
+from `Step.text`: the pages print the same records as `symgrad derive` (and, in the "Second
+order" section, `symgrad derive --order 2`: derive.second_order's steps) and the kernel printer
 read, so they cannot drift from the code. Nothing here knows any layer's gradient.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import textwrap
@@ -24,6 +26,11 @@ KIND_LABEL = {
     "chain": "Chain rule",
     "inlined": "Inlined",
     "simplified": "Simplified",
+    # derive.second_order's steps
+    "tangent": "Tangent",
+    "program": "Backward program",
+    "hvp": "Tangent of the backward",
+    "hessian": "Hessian",
 }
 
 _DOUBLE_SUB = re.compile(r"((?:\\[A-Za-z]+|[A-Za-z][A-Za-z0-9]*)_\{[^{}]*\})_\{")
@@ -105,6 +112,80 @@ def kernel_source(name: str, dtype: str = "float64") -> Kernel:
                                   f"{type(e).__name__}: {e}")
 
 
+def function_source(source: str, func: str) -> str:
+    """The `@njit(...)` / `def func(...)` block of a printed kernel module, decorator to the last
+    line of its body (the whole source when there is no such function)."""
+    lines = source.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"def {func}(")), None)
+    if start is None:
+        return source
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or lines[end][0] in " \t"):
+        end += 1
+    while start > 0 and lines[start - 1].startswith("@"):
+        start -= 1
+    return "\n".join(lines[start:end]).rstrip("\n") + "\n"
+
+
+# --- second order ---------------------------------------------------------------------------
+
+@dataclass
+class SecondOrderInfo:
+    """What a page's "Second order" section shows: derive.second_order's steps, the printed HVP
+    kernel (float64) and its numeric check."""
+
+    so: object = None
+    error: str | None = None          # derive.second_order raised: the traceback
+    kernel: Kernel | None = None      # the HVP kernel module ...
+    kernel_func: str | None = None    # ... and the function in it the section shows
+    check: gradcheck.CheckResult | None = None
+    check_missing: str | None = None  # derive.reference absent, or compiled/ not importable
+    check_error: str | None = None    # the HVP kernel or its check raised
+    warnings: list = field(default_factory=list)
+
+
+def second_order_info(d) -> SecondOrderInfo:
+    """derive.second_order(d), compiled.second_order.second_order_kernels(d, "float64") and the
+    numeric check of its H v (gradcheck.run_hvp). A derivation or check that raises, or a check
+    that fails, is a warning (the strict build fails); compiled/ missing only a notice."""
+    info = SecondOrderInfo()
+    name = d.name
+    try:
+        from derive.second_order import second_order
+        info.so = second_order(d)
+    except Exception:
+        info.error = traceback.format_exc()
+        info.warnings.append(f"{name}: derive.second_order raised; its page shows the traceback:\n"
+                             f"{info.error}")
+        return info
+    try:
+        from compiled.second_order import second_order_kernels
+    except Exception as e:
+        reason = f"`compiled.second_order` is not importable: {type(e).__name__}: {e}"
+        info.kernel, info.check_missing = Kernel(None, None, reason), reason
+        return info
+    try:
+        k = second_order_kernels(d, "float64")
+        path = k.hvp_kernels.source_path
+        info.kernel = Kernel(Path(path).read_text(), str(path), None)
+        info.kernel_func = k.hvp_kernels.forward_spec.func
+        info.check = gradcheck.run_hvp(d, k.hvp)
+        if not info.check.ok:
+            bad = [a for a in info.check.args if not a.ok]
+            info.warnings.append(
+                f"{name}: numeric HVP check FAILED for "
+                + "; ".join(f"(H v) for {a.arg} at {a.worst_index}: finite difference {a.fd!r}, "
+                            f"HVP kernel {a.derived!r}" for a in bad))
+    except gradcheck.ReferenceMissing as e:
+        info.check_missing = str(e)
+    except Exception:
+        info.check_error = traceback.format_exc()
+        if info.kernel is None:
+            info.kernel = Kernel(None, None, f"`second_order_kernels({name!r}, \"float64\")` raised")
+        info.warnings.append(f"{name}: the HVP kernel or its numeric check raised:\n{info.check_error}")
+    return info
+
+
 # --- one layer ----------------------------------------------------------------------------
 
 @dataclass
@@ -121,6 +202,7 @@ class LayerInfo:
     check_missing: str | None = None  # derive.reference absent
     check_error: str | None = None    # the check raised
     kernel: Kernel | None = None
+    second: SecondOrderInfo | None = None
     used_by: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
 
@@ -132,7 +214,45 @@ class LayerInfo:
         return doc[0] if doc else ""
 
 
-def analyse(name: str, derive) -> LayerInfo:
+def second_order_of(name: str) -> SecondOrderInfo:
+    """second_order_info of a built-in layer, by name (what a worker process of
+    sitegen.generate runs), one process at a time per layer (`layer_lock`)."""
+    import derive
+
+    with layer_lock(name):
+        return second_order_info(derive.layer(name))
+
+
+@contextlib.contextmanager
+def layer_lock(name: str):
+    """An exclusive lock on `<kernel cache>/../docs-locks/<name>.lock`: when a site build and the
+    docs tests run side by side on one cache, the second to reach a layer waits, then finds its
+    second-order derivation and HVP kernel in the caches instead of compiling them again. No
+    lock (no fcntl, a cache that cannot be written) is no wait."""
+    handle = None
+    try:
+        import fcntl
+
+        from compiled.cache import cache_dir
+
+        locks = cache_dir().parent / "docs-locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        handle = open(locks / f"{name}.lock", "w")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except Exception:
+        if handle is not None:
+            handle.close()
+        handle = None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
+
+
+def analyse(name: str, derive, second_order: bool = True) -> LayerInfo:
+    """Everything a layer page shows. `second_order=False` leaves `info.second` for the caller
+    (sitegen.generate computes it in worker processes)."""
     info = LayerInfo(name)
     try:
         d = derive.layer(name)
@@ -154,7 +274,7 @@ def analyse(name: str, derive) -> LayerInfo:
             bad = [a for a in info.check.args if not a.ok]
             info.warnings.append(
                 f"{name}: numeric gradient check FAILED for "
-                + "; ".join(f"d{a.arg} at {a.worst_index}: finite difference {a.fd!r}, derived {a.vjp!r}"
+                + "; ".join(f"d{a.arg} at {a.worst_index}: finite difference {a.fd!r}, derived {a.derived!r}"
                             for a in bad))
     except gradcheck.ReferenceMissing as e:
         info.check_missing = str(e)
@@ -162,7 +282,14 @@ def analyse(name: str, derive) -> LayerInfo:
         info.check_error = traceback.format_exc()
         info.warnings.append(f"{name}: the numeric gradient check raised:\n{info.check_error}")
     info.kernel = kernel_source(name)
+    if second_order:
+        attach_second_order(info, second_order_info(d))
     return info
+
+
+def attach_second_order(info: LayerInfo, second: SecondOrderInfo) -> None:
+    info.second = second
+    info.warnings.extend(second.warnings)
 
 
 def _args_table(d) -> str:
@@ -189,6 +316,33 @@ def plain_text(d) -> str:
         return "\n".join(f"{s.kind:<11} {s.text}" for s in d.steps)
 
 
+def plain_text_order2(so) -> str:
+    """The second-order derivation as `symgrad derive NAME --order 2` prints it."""
+    try:
+        from symgrad.derive_cmd import render_text_order2
+        return render_text_order2(so)
+    except Exception:
+        return "\n".join(f"{s.kind:<11} {s.text}" for s in so.steps)
+
+
+def steps_markdown(steps, start: int = 0, notes: dict | None = None) -> tuple[list, int]:
+    """Each step as a numbered label (its kind, what it is about) and its formula, then its note
+    (`notes[step.about]`, markdown, in place of the plain-text `Step.note`). Returns (the
+    markdown blocks, the last number), so a later list can continue the numbering."""
+    out, n = [], start
+    for s in steps:
+        n += 1
+        out.append(f'<p class="symgrad-step-kind">{n}. {KIND_LABEL.get(s.kind, s.kind)} &middot; '
+                   f'{text(s.about)}</p>\n')
+        out.append(math_block(s.latex))
+        note = (notes or {}).get(s.about)
+        if note is None and s.note:
+            note = text(s.note)
+        if note:
+            out.append(note + "\n")
+    return out, n
+
+
 def _derivation_section(d) -> str:
     out = []
     out.append("## Forward definition\n")
@@ -207,16 +361,7 @@ def _derivation_section(d) -> str:
                "the gradient reaching `z`), the gradient of an argument with the intermediate "
                "gradients **inlined**, and the **simplified** result, which reads the saved "
                "forward values.\n")
-    n = 0
-    for s in d.steps:
-        if s.kind == "definition":
-            continue
-        n += 1
-        label = KIND_LABEL.get(s.kind, s.kind)
-        out.append(f'<p class="symgrad-step-kind">{n}. {label} &middot; {text(s.about)}</p>\n')
-        out.append(math_block(s.latex))
-        if s.note:
-            out.append(text(s.note) + "\n")
+    out += steps_markdown([s for s in d.steps if s.kind != "definition"])[0]
 
     out.append("## Result\n")
     out.append('<div class="symgrad-result" markdown>\n')
@@ -307,9 +452,126 @@ def _check_section(info: LayerInfo) -> str:
     out.append("|---|---|---|---|---|---|")
     for a in c.args:
         res = "ok" if a.ok else (f"**{a.failures} off**: at {a.worst_index} finite difference "
-                                 f"{a.fd:.6g}, derived {a.vjp:.6g}")
+                                 f"{a.fd:.6g}, derived {a.derived:.6g}")
         shape = " &times; ".join(str(s) for s in a.shape) or "scalar"
         out.append(f"| `d{a.arg}` | {shape} | {a.checked} | {a.max_abs_err:.1e} | "
+                   f"{a.max_rel_err:.1e} | {res} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def _names(mapping: dict) -> str:
+    return ", ".join(f"`{v}`" for v in mapping.values())
+
+
+def second_order_section(info: LayerInfo) -> str:
+    s2, d = info.second, info.derivation
+    out = ["## Second order\n"]
+    if s2 is None:
+        return ""
+    if s2.error:
+        out.append(f'!!! failure "derive.second_order(\\"{info.name}\\") raised"\n\n'
+                   + indent("```text\n" + s2.error + "```") + "\n")
+        return "\n".join(out)
+    so = s2.so
+    scalar = all(not o.shape for o in d.outputs)
+    of = ("the loss itself (its upstream gradient is 1)" if scalar else
+          "$\\sum g \\cdot y$, with the upstream gradient " + ", ".join(f"`{d.upstream(o.name)}`"
+                                                                  for o in d.outputs) + " held fixed")
+    out.append(f"`derive.second_order(\"{d.name}\")` takes tangents of the definition above and of "
+               f"the backward program derived from it; nothing second-order is written for this "
+               f"layer. A direction $v$ is one tangent per differentiable argument "
+               f"({_names(so.tangent_inputs)}), all moved together. The **tangents** of the forward "
+               f"bindings are the JVP, $\\dot y = J v$ ({_names(so.output_tangents)}); the **tangent "
+               f"of the backward** (forward-over-reverse) is the Hessian-vector product $H v$ "
+               f"({_names(so.hvp_outputs)}), where $H$ is the Hessian of {of}. "
+               f"[Second order and Newton's method](../guides/second-order.md) walks through "
+               f"cross-entropy.\n")
+    out.append("### Tangents (JVP)\n")
+    tangents = so.steps_of("tangent")
+    if tangents:
+        out.append("Each binding's tangent, by the rules of differentiation "
+                   "($\\dot{u}$ is written `u_dot`):\n")
+        blocks, n = steps_markdown(tangents)
+        out += blocks
+    else:
+        n = 0
+        out.append("No binding has a tangent of its own: the output is an argument's tangent "
+                   "as it is.\n")
+    out.append("### Hessian-vector product\n")
+    out.append("The backward program derived above (what the backward kernel computes), then the "
+               "tangent of each of its equations: the tangent of an argument's gradient is that "
+               "argument's part of $H v$.\n")
+    out += steps_markdown(so.steps_of("program") + so.steps_of("hvp"), n)[0]
+    if so.hessians:
+        out.append("### Hessian\n")
+        out.append("Small enough to write in index form: $H v$ with every tangent inlined is "
+                   "linear in $v$, so differentiating it by one element of $v$ gives Kronecker "
+                   "deltas, eliminated as in the chain rule, and the result is folded onto the "
+                   "saved values. A value read at two index positions gets a name of its own.\n")
+        from derive.steps import latex as steps_latex
+
+        notes = {}
+        for h in so.hessians.values():
+            if h.where:
+                notes[f"{h.a},{h.b}"] = "where " + ", ".join(
+                    inline(f"{steps_latex(k)} = {steps_latex(v)}") for k, v in h.where) + "."
+        out.append('<div class="symgrad-result" markdown>\n')
+        out += steps_markdown(so.steps_of("hessian"), notes=notes)[0]
+        out.append("</div>\n")
+    out.append(f'??? example "The same as plain text (`symgrad derive {d.name} --order 2`)"\n\n'
+               + indent("```text\n" + plain_text_order2(so) + "\n```") + "\n")
+
+    out.append("### HVP kernel\n")
+    k = s2.kernel
+    if k is not None and k.source is not None:
+        out.append(f"Printed by `compiled/` from the tangent program above as one forward kernel "
+                   f"(`compiled.second_order.second_order_kernels(\"{d.name}\", \"float64\")`, "
+                   f"serial loops; float32 from the same source). The function `{s2.kernel_func}` "
+                   f"of `{Path(k.path).name}`:\n")
+        out.append('<div class="symgrad-kernel" markdown>\n')
+        out.append("```python\n" + function_source(k.source, s2.kernel_func).rstrip("\n") + "\n```\n")
+        out.append("</div>\n")
+    else:
+        reason = k.reason if k is not None else "not looked up"
+        out.append('!!! warning "HVP kernel source not available in this build"\n\n'
+                   + indent(reason.replace("\n", " ")) + "\n")
+    out.append(_hvp_check(s2))
+    return "\n".join(out)
+
+
+def _hvp_check(s2: SecondOrderInfo) -> str:
+    out = ["### Numeric check of H v\n"]
+    if s2.check_missing:
+        out.append('!!! warning "Not run in this build"\n\n'
+                   + indent(f"The check needs the HVP kernel and `derive.reference`: "
+                            f"{s2.check_missing}.") + "\n")
+        return "\n".join(out)
+    if s2.check_error:
+        out.append('!!! failure "The HVP kernel or its check raised"\n\n'
+                   + indent("```text\n" + s2.check_error + "```") + "\n")
+        return "\n".join(out)
+    c = s2.check
+    dims = ", ".join(f"{inline(sp.latex(sp.Symbol(k)))} = {v}" for k, v in c.dims.items())
+    verdict = "passed" if c.ok else "FAILED"
+    kind = "success" if c.ok else "failure"
+    out.append(f'!!! {kind} "H v against finite differences of the gradient: {verdict} '
+               f'(float64, run when this site was built)"\n\n'
+               + indent(f"The HVP kernel at random arguments, direction $v$ and upstream gradient "
+                        f"(seed {c.seed}; 1 for a scalar output) at {dims}, against central "
+                        f"differences with $h = 10^{{-6}}$ of the derived gradient along $v$, "
+                        f"$(\\bar x(\\theta + h v) - \\bar x(\\theta - h v)) / 2h$, evaluated by "
+                        f"`derive.reference` (the gradient the check above verifies); within "
+                        f"$10^{{-6}} + 10^{{-5}}\\,|\\text{{fd}}|$ per element. The relative error "
+                        f"divides by the largest element of $H v$ over every argument "
+                        f"({c.scale:.3g}).") + "\n")
+    out.append("| H v for | shape | elements | max abs error | relative error | result |")
+    out.append("|---|---|---|---|---|---|")
+    for a in c.args:
+        res = "ok" if a.ok else (f"**{a.failures} off**: at {a.worst_index} finite difference "
+                                 f"{a.fd:.6g}, HVP kernel {a.derived:.6g}")
+        shape = " &times; ".join(str(s) for s in a.shape) or "scalar"
+        out.append(f"| `{a.arg}` | {shape} | {a.checked} | {a.max_abs_err:.1e} | "
                    f"{a.max_rel_err:.1e} | {res} |")
     out.append("")
     return "\n".join(out)
@@ -338,12 +600,22 @@ def layer_page(info: LayerInfo, known: set) -> str:
     out.append(_kernel_section(info))
     out.append(_cost_section(info))
     out.append(_check_section(info))
+    out.append(second_order_section(info))
     return "\n".join(out)
 
 
 def _link(name: str, known: set) -> str:
     # A link to a page that is not generated is left for mkdocs --strict to report.
     return f"[{name}]({name}.md)"
+
+
+def _hvp_verdict(s2: SecondOrderInfo | None) -> str:
+    if s2 is None:
+        return "&ndash;"
+    if s2.check is not None:
+        return (f"passed ({max((a.max_rel_err for a in s2.check.args), default=0.0):.0e})"
+                if s2.check.ok else "**FAILED**")
+    return "not run" if s2.check_missing else "**error**"
 
 
 HOW_COSTS = """\
@@ -369,13 +641,15 @@ def index_page(infos: list[LayerInfo]) -> str:
     out = ["# Layers\n",
            "One page per built-in layer, generated when this site was built from the layer's "
            "`derive/` definition: the forward definition, every step of the chain rule, the "
-           "simplified gradient, the Numba kernel printed from it, its cost, and a numeric "
-           "gradient check.\n",
-           "| layer | what it computes | backward FLOPs (example shape) | gradient check |",
-           "|---|---|---|---|"]
+           "simplified gradient, the Numba kernel printed from it, its cost, a numeric "
+           "gradient check, and its second order: the JVP, the Hessian-vector product (and, for "
+           "small layers, the Hessian) derived from the same definition, the HVP kernel and a "
+           "numeric check of it.\n",
+           "| layer | what it computes | backward FLOPs (example shape) | gradient check | HVP check |",
+           "|---|---|---|---|---|"]
     for info in infos:
         if info.derivation is None:
-            out.append(f"| [{info.name}]({info.name}.md) | **derive.layer raised** | | |")
+            out.append(f"| [{info.name}]({info.name}.md) | **derive.layer raised** | | | |")
             continue
         fl = "&ndash;"
         if info.backward is not None:
@@ -384,7 +658,8 @@ def index_page(infos: list[LayerInfo]) -> str:
             chk = "passed" if info.check.ok else "**FAILED**"
         else:
             chk = "not run" if info.check_missing else "**error**"
-        out.append(f"| [{info.name}]({info.name}.md) | {text(info.summary)} | {fl} | {chk} |")
+        out.append(f"| [{info.name}]({info.name}.md) | {text(info.summary)} | {fl} | {chk} | "
+                   f"{_hvp_verdict(info.second)} |")
     out.append("")
     dims = ", ".join(f"{k} = {v}" for k, v in costs.EXAMPLE_DIMS.items())
     out.append(HOW_COSTS.format(dims=dims, default=costs.DEFAULT_DIM))
