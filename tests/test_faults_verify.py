@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from symgrad.cli import main as symgrad_main
+from tests.verify_cli import candidates_file, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,16 +49,11 @@ CANDIDATES = textwrap.dedent('''
 
 @pytest.fixture
 def cand(tmp_path):
-    p = tmp_path / "cand.py"
-    p.write_text(CANDIDATES)
-    return str(p)
+    return candidates_file(tmp_path, CANDIDATES, "cand.py")
 
 
 def verify_cli(capsys, *argv):
-    code = symgrad_main(["verify", *argv, "--layer", "softmax", "--wrt", "x"])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+    return run_cli(capsys, symgrad_main, "verify", *argv, "--layer", "softmax", "--wrt", "x")
 
 
 def verify_process(*argv, stdout):

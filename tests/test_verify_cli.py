@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from symgrad.verify_cmd import main
+from tests.verify_cli import candidates_file, run_cli
 
 CANDIDATES = textwrap.dedent('''
     import numpy as np
@@ -43,16 +44,11 @@ CANDIDATES = textwrap.dedent('''
 
 @pytest.fixture
 def cand(tmp_path):
-    p = tmp_path / "cand.py"
-    p.write_text(CANDIDATES)
-    return str(p)
+    return candidates_file(tmp_path, CANDIDATES, "cand.py")
 
 
 def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+    return run_cli(capsys, main, *argv)
 
 
 def test_right_candidate_exits_0_and_prints_the_report(cand, capsys):

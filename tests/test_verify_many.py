@@ -17,6 +17,7 @@ from symgrad.testing import assert_gradient
 from symgrad.verify_cmd import main
 from tests.test_verify_layers import (layernorm_dbeta, layernorm_dgamma, layernorm_dgamma_no_xhat,
                                       layernorm_dx)
+from tests.verify_cli import candidates_file, run_cli
 
 SQUARE = [{"N": 3, "I": 2, "O": 3}, {"N": 2, "I": 4, "O": 2}, {"N": 4, "I": 1, "O": 4}]  # N == O
 
@@ -225,16 +226,11 @@ CANDIDATES = textwrap.dedent('''
 
 @pytest.fixture
 def cand(tmp_path):
-    p = tmp_path / "backward.py"
-    p.write_text(CANDIDATES)
-    return str(p)
+    return candidates_file(tmp_path, CANDIDATES, "backward.py")
 
 
 def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+    return run_cli(capsys, main, *argv)
 
 
 def test_cli_right_backward_exits_0(cand, capsys):

@@ -19,6 +19,7 @@ import derive
 from derive.verify import candidate_symbols, verify
 from symgrad.verify_cmd import main
 from tests import second_order_cases as soc
+from tests.verify_cli import candidates_file, run_cli
 
 
 def probs(logits):
@@ -251,16 +252,11 @@ CANDIDATES = textwrap.dedent('''
 
 @pytest.fixture
 def cand(tmp_path):
-    p = tmp_path / "ce.py"
-    p.write_text(CANDIDATES)
-    return str(p)
+    return candidates_file(tmp_path, CANDIDATES, "ce.py")
 
 
 def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+    return run_cli(capsys, main, *argv)
 
 
 @pytest.mark.parametrize("func, extra, code, needle", [

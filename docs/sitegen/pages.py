@@ -428,36 +428,48 @@ def _cost_section(info: LayerInfo) -> str:
     return "\n".join(out)
 
 
-def _check_section(info: LayerInfo) -> str:
-    out = ["## Numeric gradient check\n"]
-    if info.check_missing:
+def _check_box(heading, missing, needs, error, raised, c, title, method, columns, name, derived) -> str:
+    """A numeric check as the pages show it: a warning when it could not run (`missing`: what it
+    needs, `needs`), a failure box when it raised, else the verdict box saying how it was run
+    (`method`) and a table of the check's per-argument errors (`columns`: the header's first and
+    fifth cells; `name(arg)`: the first column; `derived`: what the finite differences met)."""
+    out = [heading]
+    if missing:
         out.append('!!! warning "Not run in this build"\n\n'
-                   + indent(f"The check needs `derive.reference.forward` and `derive.reference.vjp`: "
-                            f"{info.check_missing}.") + "\n")
+                   + indent(f"The check needs {needs}: {missing}.") + "\n")
         return "\n".join(out)
-    if info.check_error:
-        out.append('!!! failure "The check raised"\n\n'
-                   + indent("```text\n" + info.check_error + "```") + "\n")
+    if error:
+        out.append(f'!!! failure "{raised}"\n\n' + indent("```text\n" + error + "```") + "\n")
         return "\n".join(out)
-    c = info.check
-    dims = ", ".join(f"{inline(sp.latex(sp.Symbol(k)))} = {v}" for k, v in c.dims.items())
-    verdict = "passed" if c.ok else "FAILED"
-    kind = "success" if c.ok else "failure"
-    out.append(f'!!! {kind} "Finite differences {verdict} (float64, run when this site was built)"\n\n'
-               + indent(f"Random arguments and upstream gradient (seed {c.seed}) at {dims}; central "
-                        f"differences with $h = 10^{{-6}}$ of $L = \\sum g \\cdot y$ against the "
-                        f"derived VJP evaluated by `derive.reference`, within "
-                        f"$10^{{-6}} + 10^{{-5}}\\,|\\text{{fd}}|$.") + "\n")
-    out.append("| argument | shape | elements checked | max abs error | max rel error | result |")
+    verdict, kind = ("passed", "success") if c.ok else ("FAILED", "failure")
+    out.append(f'!!! {kind} "{title}: {verdict} (float64, run when this site was built)"\n\n'
+               + indent(method) + "\n")
+    out.append(f"| {columns[0]} | shape | elements checked | max abs error | {columns[1]} | result |")
     out.append("|---|---|---|---|---|---|")
     for a in c.args:
         res = "ok" if a.ok else (f"**{a.failures} off**: at {a.worst_index} finite difference "
-                                 f"{a.fd:.6g}, derived {a.derived:.6g}")
+                                 f"{a.fd:.6g}, {derived} {a.derived:.6g}")
         shape = " &times; ".join(str(s) for s in a.shape) or "scalar"
-        out.append(f"| `d{a.arg}` | {shape} | {a.checked} | {a.max_abs_err:.1e} | "
+        out.append(f"| `{name(a.arg)}` | {shape} | {a.checked} | {a.max_abs_err:.1e} | "
                    f"{a.max_rel_err:.1e} | {res} |")
     out.append("")
     return "\n".join(out)
+
+
+def _dims_text(c) -> str:
+    return ", ".join(f"{inline(sp.latex(sp.Symbol(k)))} = {v}" for k, v in c.dims.items()) if c else ""
+
+
+def _check_section(info: LayerInfo) -> str:
+    c = info.check
+    return _check_box(
+        "## Numeric gradient check\n", info.check_missing, "`derive.reference.forward` and `derive.reference.vjp`",
+        info.check_error, "The check raised", c, "Finite differences",
+        c and (f"Random arguments and upstream gradient (seed {c.seed}) at {_dims_text(c)}; central "
+               f"differences with $h = 10^{{-6}}$ of $L = \\sum g \\cdot y$ against the "
+               f"derived VJP evaluated by `derive.reference`, within "
+               f"$10^{{-6}} + 10^{{-5}}\\,|\\text{{fd}}|$."),
+        ("argument", "max rel error"), lambda a: f"d{a}", "derived")
 
 
 def _names(mapping: dict) -> str:
@@ -541,40 +553,20 @@ def second_order_section(info: LayerInfo) -> str:
 
 
 def _hvp_check(s2: SecondOrderInfo) -> str:
-    out = ["### Numeric check of H v\n"]
-    if s2.check_missing:
-        out.append('!!! warning "Not run in this build"\n\n'
-                   + indent(f"The check needs the HVP kernel and `derive.reference`: "
-                            f"{s2.check_missing}.") + "\n")
-        return "\n".join(out)
-    if s2.check_error:
-        out.append('!!! failure "The HVP kernel or its check raised"\n\n'
-                   + indent("```text\n" + s2.check_error + "```") + "\n")
-        return "\n".join(out)
     c = s2.check
-    dims = ", ".join(f"{inline(sp.latex(sp.Symbol(k)))} = {v}" for k, v in c.dims.items())
-    verdict = "passed" if c.ok else "FAILED"
-    kind = "success" if c.ok else "failure"
-    out.append(f'!!! {kind} "H v against finite differences of the gradient: {verdict} '
-               f'(float64, run when this site was built)"\n\n'
-               + indent(f"The HVP kernel at random arguments, direction $v$ and upstream gradient "
-                        f"(seed {c.seed}; 1 for a scalar output) at {dims}, against central "
-                        f"differences with $h = 10^{{-6}}$ of the derived gradient along $v$, "
-                        f"$(\\bar x(\\theta + h v) - \\bar x(\\theta - h v)) / 2h$, evaluated by "
-                        f"`derive.reference` (the gradient the check above verifies); within "
-                        f"$10^{{-6}} + 10^{{-5}}\\,|\\text{{fd}}|$ per element. The relative error "
-                        f"divides by the largest element of $H v$ over every argument "
-                        f"({c.scale:.3g}).") + "\n")
-    out.append("| H v for | shape | elements | max abs error | relative error | result |")
-    out.append("|---|---|---|---|---|---|")
-    for a in c.args:
-        res = "ok" if a.ok else (f"**{a.failures} off**: at {a.worst_index} finite difference "
-                                 f"{a.fd:.6g}, HVP kernel {a.derived:.6g}")
-        shape = " &times; ".join(str(s) for s in a.shape) or "scalar"
-        out.append(f"| `{a.arg}` | {shape} | {a.checked} | {a.max_abs_err:.1e} | "
-                   f"{a.max_rel_err:.1e} | {res} |")
-    out.append("")
-    return "\n".join(out)
+    return _check_box(
+        "### Numeric check of H v\n", s2.check_missing, "the HVP kernel and `derive.reference`",
+        s2.check_error, "The HVP kernel or its check raised", c,
+        "H v against finite differences of the gradient",
+        c and (f"The HVP kernel at random arguments, direction $v$ and upstream gradient "
+               f"(seed {c.seed}; 1 for a scalar output) at {_dims_text(c)}, against central "
+               f"differences with $h = 10^{{-6}}$ of the derived gradient along $v$, "
+               f"$(\\bar x(\\theta + h v) - \\bar x(\\theta - h v)) / 2h$, evaluated by "
+               f"`derive.reference` (the gradient the check above verifies); within "
+               f"$10^{{-6}} + 10^{{-5}}\\,|\\text{{fd}}|$ per element. The relative error "
+               f"divides by the largest element of $H v$ over every argument "
+               f"({c.scale:.3g})."),
+        ("H v for", "relative error"), lambda a: a, "HVP kernel")
 
 
 def layer_page(info: LayerInfo, known: set) -> str:
