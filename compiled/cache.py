@@ -2,8 +2,8 @@
 
 Layout: `<cache dir>/kernels/<layer>_<dtype>_<key>.py`, where key hashes everything the file is
 printed from (`build.layer_key`: the derivation, dtype, generator version, BLAS); Numba keeps its
-compiled code beside it in `__pycache__`. The cache dir is `$SYMGRAD_CACHE_DIR`, else
-`$XDG_CACHE_HOME/symgrad`, else `~/.cache/symgrad`.
+compiled code beside it in `__pycache__`. The cache dir is derive.cache.cache_root():
+`$SYMGRAD_CACHE_DIR`, else `$XDG_CACHE_HOME/symgrad`, else `~/.cache/symgrad`.
 
 Files are written to a temporary name and `os.replace`d into place, so a reader sees either no
 file or a whole one, and two processes building the same kernel cannot interleave their writes.
@@ -37,13 +37,8 @@ _scratch: dict = {}  # a cache dir that cannot be written -> the temporary one u
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("SYMGRAD_CACHE_DIR")
-    if env:
-        root = Path(env)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        root = Path(xdg) / "symgrad" if xdg else Path.home() / ".cache" / "symgrad"
-    path = root / "kernels"
+    from derive.cache import cache_root
+    path = cache_root() / "kernels"
     if path in _scratch:
         return _scratch[path]
     try:

@@ -34,9 +34,18 @@ def canonical(x) -> str:
     return repr(x)
 
 
+def cache_root() -> Path:
+    """Where symgrad caches: $SYMGRAD_CACHE_DIR, else $XDG_CACHE_HOME/symgrad, else
+    ~/.cache/symgrad (derivations here, kernels in compiled.cache)."""
+    env = os.environ.get("SYMGRAD_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "symgrad" if xdg else Path.home() / ".cache" / "symgrad"
+
+
 def cache_dir() -> Path:
-    root = os.environ.get("SYMGRAD_CACHE_DIR") or Path.home() / ".cache" / "symgrad"
-    return Path(root) / "derivations"
+    return cache_root() / "derivations"
 
 
 @functools.cache

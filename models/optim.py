@@ -66,9 +66,17 @@ def _kernels(rule, dtype):
     return kernels_of(rules.rule(rule), dtype)
 
 
+class _RuleDefaults:
+    """An optimizer class's hyper-parameters and their defaults: the constants its update rule
+    (models/rules.py) declares, less those set at every step. Their one home is the rule."""
+
+    def __get__(self, obj, cls) -> dict:
+        return {c.name: c.default for c in rules.rule(cls.rule).constants if c.name not in rules.PER_STEP}
+
+
 class Optimizer:
     rule = "sgd"
-    defaults: dict = {}
+    defaults = _RuleDefaults()
 
     def __init__(self, params, lr=None, schedule=None, max_grad_norm=None, **hyper):
         self.params = list(params)
@@ -148,7 +156,6 @@ class Optimizer:
 class SGD(Optimizer):
     """Gradient descent p <- p - lr (g + wd p): batch GD on the full data, SGD/mini-batch on batches."""
     rule = "sgd"
-    defaults = {"lr": 0.01, "wd": 0.0}
 
 
 BatchGD = SGD
@@ -156,32 +163,26 @@ BatchGD = SGD
 
 class Momentum(Optimizer):
     rule = "momentum"
-    defaults = {"lr": 0.01, "mu": 0.9, "wd": 0.0}
 
 
 class Nesterov(Optimizer):
     rule = "nesterov"
-    defaults = {"lr": 0.01, "mu": 0.9, "wd": 0.0}
 
 
 class AdaGrad(Optimizer):
     rule = "adagrad"
-    defaults = {"lr": 0.01, "eps": 1e-10}
 
 
 class RMSprop(Optimizer):
     rule = "rmsprop"
-    defaults = {"lr": 0.01, "alpha": 0.99, "eps": 1e-8}
 
 
 class Adam(Optimizer):
     rule = "adam"
-    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "wd": 0.0}
 
 
 class AdamW(Optimizer):
     rule = "adamw"
-    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "wd": 0.01}
 
 
 OPTIMIZERS = {"sgd": SGD, "gd": BatchGD, "momentum": Momentum, "nesterov": Nesterov, "adagrad": AdaGrad,

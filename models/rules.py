@@ -85,7 +85,9 @@ def _adam(G, decoupled):
     m = G.input("m", (n,))
     v = G.input("v", (n,))
     lr, b1, b2 = G.const("lr", 1e-3), G.const("beta1", 0.9), G.const("beta2", 0.999)
-    eps, wd, t, clip = G.const("eps", 1e-8), G.const("wd", 0.0), G.const("t", 1), G.const("clip", 1.0)
+    # weight decay by default only where it is decoupled (AdamW: 0.01, PyTorch's default)
+    eps, wd = G.const("eps", 1e-8), G.const("wd", 0.01 if decoupled else 0.0)
+    t, clip = G.const("t", 1), G.const("clip", 1.0)
     gs = G.bind("gs", (i,), clip * g[i] + (0 if decoupled else wd * p[i]))
     m_new = G.bind("m_new", (i,), b1 * m[i] + (1 - b1) * gs[i])
     v_new = G.bind("v_new", (i,), b2 * v[i] + (1 - b2) * gs[i] ** 2)
@@ -116,6 +118,9 @@ def sumsq(G):
 
 
 RULES = {f.__name__: f for f in (sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw, sumsq)}
+
+# Constants the optimizer sets at every step (the others are hyper-parameters, defaults in the rules)
+PER_STEP = ("t", "clip")
 
 # State vectors each rule keeps per parameter (inputs besides p and g), and their binding names.
 STATE = {"sgd": (), "momentum": ("v",), "nesterov": ("v",), "adagrad": ("s",), "rmsprop": ("s",),

@@ -13,6 +13,9 @@ class GPTTask(Task):
     """Next-character prediction with a GPT on random windows of the train split."""
 
     kind = "gpt"
+    # AdamW's weight decay in the GPT recipe of `symgrad train gpt` (nanoGPT's; the optimizer's
+    # own default, 0.01, is PyTorch's): applied to every parameter, embeddings and norms included
+    weight_decay = 0.1
 
     def __init__(self, model_cfg: GPTConfig, text: str, batch_size=12, seed=0, eval_iters=20):
         self.data = CharData(text, model_cfg.block_size)

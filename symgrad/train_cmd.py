@@ -88,7 +88,8 @@ def _train_parser():
                    help="gpt: every N steps, the loss Hessian's top eigenvalue on a fixed batch (Lanczos over "
                         "whole-model HVPs), printed and kept in the checkpoint's sharpness_history")
     p.add_argument("--max-grad-norm", type=float, help="clip gradients to this global norm")
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--weight-decay", type=float,
+                   help="the optimizer's weight decay (gpt with adamw: 0.1, models.tasks.GPTTask.weight_decay)")
     p.add_argument("--n-layer", type=_positive_int)
     p.add_argument("--n-head", type=_positive_int)
     p.add_argument("--n-embd", type=_positive_int)
@@ -250,7 +251,7 @@ def _train_gpt(a) -> int:
     if a.weight_decay is not None:
         hyper["wd"] = a.weight_decay
     elif opt_name == "adamw":
-        hyper["wd"] = train_conf.get("wd", 0.1)
+        hyper["wd"] = train_conf.get("wd", GPTTask.weight_decay)
     try:
         opt = make_optimizer(opt_name, task.model.parameters(), schedule=make_schedule(schedule, lr, steps),
                              max_grad_norm=a.max_grad_norm if a.max_grad_norm is not None

@@ -128,3 +128,13 @@ def test_bad_learning_rate_is_refused(lr):
 def test_unknown_optimizer_is_refused():
     with pytest.raises(ValueError, match="unknown optimizer 'adamx'"):
         make_optimizer("adamx", [Param(np.zeros(2))])
+
+
+def test_each_optimizer_s_defaults_are_its_update_rule_s_constants():
+    from models import rules
+    from models.optim import OPTIMIZERS
+
+    for name, cls in OPTIMIZERS.items():
+        consts = {c.name: c.default for c in rules.rule(cls.rule).constants}
+        assert cls.defaults == {k: v for k, v in consts.items() if k not in rules.PER_STEP}, name
+    assert OPTIMIZERS["adamw"].defaults["wd"] == 0.01 and OPTIMIZERS["adam"].defaults["wd"] == 0.0

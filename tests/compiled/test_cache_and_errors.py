@@ -167,3 +167,15 @@ def test_nan_in_a_row_propagates_to_that_row_only():
     x[1, 2] = np.nan
     s = k.forward(x=x)["s"]
     assert np.isnan(s[1]).all() and np.isfinite(s[[0, 2]]).all()
+
+
+def test_derivations_and_kernels_share_one_cache_root(tmp_path, monkeypatch):
+    import compiled.cache
+    import derive.cache
+
+    monkeypatch.delenv("SYMGRAD_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert derive.cache.cache_dir() == tmp_path / "symgrad" / "derivations"
+    assert compiled.cache.cache_dir() == tmp_path / "symgrad" / "kernels"
+    monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(tmp_path / "mine"))
+    assert derive.cache.cache_dir().parent == compiled.cache.cache_dir().parent == tmp_path / "mine"
