@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from . import reference
+from . import finite_differences, reference
 from .derivation import Derivation
 from .equivalence import CandidateError, namespace, normalize, prove, time_limit
 from .errors import DeriveError
@@ -650,17 +650,11 @@ def _finite_differences(inst, args, upstream, wrt, eps, rng):
         return inst.loss(a, upstream)
 
     if x.size <= FD_FULL_MAX:
-        out = np.zeros(x.shape)
-        for i in np.ndindex(x.shape):
-            xp, xm = x.copy(), x.copy()
-            xp[i] += eps
-            xm[i] -= eps
-            out[i] = (at(xp) - at(xm)) / (2 * eps)
-        return "elementwise", out
+        return "elementwise", finite_differences.elementwise(at, x, eps)
     dirs = []
     for _ in range(3):
         u = rng.standard_normal(x.shape)
-        dirs.append((u, (at(x + eps * u) - at(x - eps * u)) / (2 * eps)))
+        dirs.append((u, float(finite_differences.directional(at, x, u, eps))))
     return "directional", dirs
 
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from . import reference
+from . import finite_differences, reference
 from .equivalence import CandidateError, namespace, normalize, parse
 from .errors import DeriveError
 from .steps import text as _text
@@ -204,7 +204,7 @@ class _HVPCheck(_VJPCheck):
             a = dict(pt.args)
             a[self.wrt] = xv
             return inst.expr_value(self.d.grads[self.wrt], dict(inst.forward(a), **pt.upstream))
-        return (vjp(x + eps * v) - vjp(x - eps * v)) / (2 * eps)
+        return finite_differences.directional(vjp, x, v, eps)
 
     def _v(self, pt):
         return pt.direction[self.cand.direction]

@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from derive import finite_differences
+
 
 def central_differences(loss, args: dict, name: str, eps: float = 1e-6) -> np.ndarray:
     """d loss / d args[name] by float64 central differences, element by element."""
-    x = np.array(args[name], dtype=np.float64)
-    out = np.zeros_like(x)
-    for ix in np.ndindex(x.shape):
-        old = x[ix]
-        x[ix] = old + eps
-        up = loss({**args, name: x.copy()})
-        x[ix] = old - eps
-        down = loss({**args, name: x.copy()})
-        x[ix] = old
-        out[ix] = (up - down) / (2 * eps)
-    return out
+    return finite_differences.elementwise(lambda x: loss({**args, name: x}), args[name], eps)
 
 
 def upstream_for(d, args, rng) -> dict:

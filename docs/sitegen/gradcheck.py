@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from derive import finite_differences
+
 # Small, distinct dims (a transposed index shows up as a shape error or a wrong value).
 CHECK_DIMS = (3, 4, 5, 2, 6, 7)
 H = 1e-6
@@ -155,15 +157,7 @@ def run(d, seed: int = 0) -> CheckResult:
         if len(every) > MAX_ELEMENTS:
             pick = rng.choice(len(every), size=MAX_ELEMENTS, replace=False)
             every = [every[p] for p in sorted(pick)]
-        fds = []
-        for idx in every:
-            plus, minus = dict(args), dict(args)
-            xp = np.array(x, dtype=np.float64, copy=True)
-            xm = np.array(x, dtype=np.float64, copy=True)
-            xp[idx] += H
-            xm[idx] -= H
-            plus[name], minus[name] = xp, xm
-            fds.append((loss(plus) - loss(minus)) / (2 * H))
+        fds = finite_differences.elementwise(lambda xv, name=name: loss({**args, name: xv}), x, H, every)
         result.args.append(compare(name, np.shape(x), every, fds, [an[idx] for idx in every]))
     return result
 
@@ -181,9 +175,7 @@ def run_hvp(d, hvp, seed: int = 0) -> CheckResult:
     wrt = [a.name for a in d.arguments if a.differentiable]
     v = {a: rng.standard_normal(np.shape(args[a])) for a in wrt}
     got = hvp(args, v, upstream)
-    plus = ref.vjp(d, upstream, {**args, **{a: args[a] + H * v[a] for a in wrt}})
-    minus = ref.vjp(d, upstream, {**args, **{a: args[a] - H * v[a] for a in wrt}})
-    fd = {a: (np.asarray(plus[a], np.float64) - np.asarray(minus[a], np.float64)) / (2 * H) for a in d.grads}
+    fd = finite_differences.directional(lambda a: ref.vjp(d, upstream, a), args, v, H)
     result = CheckResult(d.name, {str(k): val for k, val in dims.items()}, seed)
     result.scale = max((float(np.max(np.abs(f), initial=0.0)) for f in fd.values()), default=0.0)
     for name in d.grads:
