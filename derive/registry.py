@@ -11,7 +11,9 @@ integer coefficients and the index checker proves it in range (derive.indices).
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 import re
 
 from .errors import DeriveError
@@ -19,8 +21,6 @@ from .graph import Graph
 
 _BUILDERS: dict = {}
 _CONSTANTS: dict = {}  # layer name -> {constant: default} for a configurable layer
-_MODULES = ("linear", "activations", "softmax", "losses", "layernorm", "embedding", "attention",
-            "recurrent", "residual", "conv", "pooling", "flatten")
 
 
 def layer(fn=None, **constants):
@@ -75,8 +75,24 @@ def _configured(name: str):
     return base, values
 
 
+def part_of(layer_name: str):
+    """Mark a helper that binds (part of) built-in layer `layer_name`'s graph: a layer whose
+    definition calls it reuses that layer's derivation, and says so in `G.uses` (the docs link
+    it). Recorded at the call, so the list cannot drift from what a definition really calls."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(G, *args, **kwargs):
+            if G.name != layer_name and layer_name not in G.uses:
+                G.uses.append(layer_name)
+            return fn(G, *args, **kwargs)
+        return call
+    return wrap
+
+
 def _load():
-    for m in _MODULES:
+    """Import every module of derive/builtin (each registers its layers with @layer)."""
+    from . import builtin
+    for m in sorted(i.name for i in pkgutil.iter_modules(builtin.__path__)):
         importlib.import_module(f"derive.builtin.{m}")
 
 

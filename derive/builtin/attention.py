@@ -2,10 +2,11 @@
 
 from sympy import sqrt
 
-from ..registry import layer
+from ..registry import layer, part_of
 from .softmax import softmax_graph
 
 
+@part_of("attention")
 def attention_graph(G, q, k, v, b, i, j, c, l, D, name="y"):
     """Bind causal attention of q, k, v over (b, i|j, c) and return the output tensor.
 
@@ -23,7 +24,6 @@ def attention(G):
     q, k, v = (G.input(n, (B, T, D)) for n in "qkv")
     b, i, j, c, l = G.indices(b=B, i=T, j=T, c=D, l=T)
     G.output(attention_graph(G, q, k, v, (b,), i, j, c, l, D))
-    G.uses.append("softmax")
     G.notes.append("The mask is part of the definition: e[b,i,j] = exp((S[b,i,j] - m[b,i]) [j <= i]) [j <= i], "
                    "so future keys get probability exactly 0, the max m runs over j <= i only, and no "
                    "masked score is exponentiated (its overflow would give inf * 0 = NaN).")
@@ -48,4 +48,3 @@ def multihead_attention(G):
     G.binding(att.name).save = True
     y = G.bind("y", (b, i, f), G.sum(G.sum(att[b, h, i, c] * Wo[h, c, f], c), h) + bo[f])
     G.output(y)
-    G.uses.extend(["attention", "linear"])

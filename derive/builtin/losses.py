@@ -15,7 +15,6 @@ def cross_entropy(G):
     lse = lse_graph(G, logits, n, k)
     loss = G.bind("loss", (), G.sum(lse[n] - logits[n, targets[n]], n) / N)
     G.output(loss)
-    G.uses.append("log_softmax")
     G.notes.append("-log softmax(logits)[n, t] = lse[n] - logits[n, t] with lse[n] = m[n] + log sum_k "
                    "exp(logits[n,k] - m[n]), m[n] the row max (stop-gradient): no exp overflows and no "
                    "log of an underflowed probability is taken.")

@@ -3,9 +3,10 @@
 from sympy import exp, log
 
 from ..functions import Iverson
-from ..registry import layer
+from ..registry import layer, part_of
 
 
+@part_of("softmax")
 def softmax_graph(G, x, rows, j, k, last=None, name="s"):
     """Bind a max-subtracted softmax of x[rows..., j] over j and return its probabilities.
 
@@ -24,6 +25,7 @@ def softmax_graph(G, x, rows, j, k, last=None, name="s"):
     return G.bind(name, (*rows, j), e[(*rows, j)] / z[rows], save=True)
 
 
+@part_of("log_softmax")
 def lse_graph(G, x, i, k):
     """Bind lse[i] = log sum_k exp(x[i,k]) in its stable form m[i] + log sum_k exp(x[i,k] - m[i])
     (m the row max, stop-gradient) and return it; log_softmax and cross_entropy share it."""
