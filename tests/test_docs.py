@@ -102,7 +102,6 @@ def test_example_dims_are_the_reference_workload_shape():
 # --- the numeric gradient check ---------------------------------------------------------------
 
 def test_gradient_check_passes_for_a_layer_defined_only_by_its_forward():
-    pytest.importorskip("derive.reference")
     d = derive.define("swish_for_docs", swish_layer)
     r = gradcheck.run(d)
     assert r.ok, r
@@ -121,7 +120,7 @@ def test_gradient_check_reports_a_wrong_gradient_with_the_element(monkeypatch):
         return {"x": G * args["w"], "w": (G * args["x"]).sum(0) * 1.01}  # dw off by 1 %
 
     fake = types.SimpleNamespace(forward=forward, vjp=vjp)
-    monkeypatch.setattr(gradcheck, "_reference", lambda: fake)
+    monkeypatch.setattr(gradcheck, "reference", fake)
     r = gradcheck.run(d)
     by = {a.arg: a for a in r.args}
     assert by["x"].ok and not by["w"].ok and not r.ok
@@ -130,7 +129,6 @@ def test_gradient_check_reports_a_wrong_gradient_with_the_element(monkeypatch):
 
 
 def test_hvp_check_passes_for_the_printed_kernel_of_a_layer_defined_only_by_its_forward():
-    pytest.importorskip("derive.reference")
     from compiled.second_order import second_order_kernels
 
     d = derive.define("swish_for_docs_hvp", swish_layer)
@@ -141,7 +139,6 @@ def test_hvp_check_passes_for_the_printed_kernel_of_a_layer_defined_only_by_its_
 
 
 def test_hvp_check_reports_a_wrong_hessian_vector_product_with_the_element():
-    pytest.importorskip("derive.reference")
     from derive import reference
 
     d = derive.define("swish_for_docs_hvp_wrong", swish_layer)
@@ -156,13 +153,6 @@ def test_hvp_check_reports_a_wrong_hessian_vector_product_with_the_element():
     (a,) = r.args
     assert not r.ok and a.failures == a.checked == 12
     assert abs(a.derived - 1.01 * a.fd) < 1e-6 * max(1, abs(a.fd)) and a.max_rel_err > 1e-3
-
-
-def test_gradient_check_says_when_the_reference_evaluator_is_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "derive.reference", None)
-    monkeypatch.delattr(derive, "reference", raising=False)
-    with pytest.raises(gradcheck.ReferenceMissing):
-        gradcheck._reference()
 
 
 # --- page text --------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from derive import finite_differences
+from derive import finite_differences, reference
 
 # Small, distinct dims (a transposed index shows up as a shape error or a wrong value).
 CHECK_DIMS = (3, 4, 5, 2, 6, 7)
@@ -32,10 +32,6 @@ H = 1e-6
 RTOL = 1e-5
 ATOL = 1e-6
 MAX_ELEMENTS = 24
-
-
-class ReferenceMissing(Exception):
-    """derive.reference (forward / vjp) is not available in this checkout."""
 
 
 @dataclass
@@ -66,17 +62,6 @@ class CheckResult:
     @property
     def ok(self) -> bool:
         return all(a.ok for a in self.args)
-
-
-def _reference():
-    try:
-        from derive import reference
-    except ImportError as e:
-        raise ReferenceMissing(f"derive.reference is not importable ({e})") from None
-    for fn in ("forward", "vjp"):
-        if not callable(getattr(reference, fn, None)):
-            raise ReferenceMissing(f"derive.reference has no function {fn}()")
-    return reference
 
 
 def check_dims(d) -> dict:
@@ -133,7 +118,7 @@ def compare(arg: str, shape: tuple, indices: list, fd, derived, scale: float | N
 
 def run(d, seed: int = 0) -> CheckResult:
     """Central finite differences against derive.reference.vjp for every differentiable argument."""
-    ref = _reference()
+    ref = reference
     rng = np.random.default_rng(seed)
     dims = check_dims(d)
     args = random_args(d, dims, rng)
@@ -166,7 +151,7 @@ def run_hvp(d, hvp, seed: int = 0) -> CheckResult:
     """H v from `hvp(args, tangents, upstream) -> {argument: H v}` (a layer's printed HVP kernel)
     against central differences of derive.reference.vjp along v, for every differentiable
     argument, at every element. A scalar output's upstream gradient is 1 (the Hessian of a loss)."""
-    ref = _reference()
+    ref = reference
     rng = np.random.default_rng(seed)
     dims = check_dims(d)
     args = random_args(d, dims, rng)

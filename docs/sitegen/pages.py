@@ -139,7 +139,6 @@ class SecondOrderInfo:
     kernel: Kernel | None = None      # the HVP kernel module ...
     kernel_func: str | None = None    # ... and the function in it the section shows
     check: gradcheck.CheckResult | None = None
-    check_missing: str | None = None  # derive.reference absent, or compiled/ not importable
     check_error: str | None = None    # the HVP kernel or its check raised
     warnings: list = field(default_factory=list)
 
@@ -158,12 +157,7 @@ def second_order_info(d) -> SecondOrderInfo:
         info.warnings.append(f"{name}: derive.second_order raised; its page shows the traceback:\n"
                              f"{info.error}")
         return info
-    try:
-        from compiled.second_order import second_order_kernels
-    except Exception as e:
-        reason = f"`compiled.second_order` is not importable: {type(e).__name__}: {e}"
-        info.kernel, info.check_missing = Kernel(None, None, reason), reason
-        return info
+    from compiled.second_order import second_order_kernels
     try:
         k = second_order_kernels(d, "float64")
         path = k.hvp_kernels.source_path
@@ -176,8 +170,6 @@ def second_order_info(d) -> SecondOrderInfo:
                 f"{name}: numeric HVP check FAILED for "
                 + "; ".join(f"(H v) for {a.arg} at {a.worst_index}: finite difference {a.fd!r}, "
                             f"HVP kernel {a.derived!r}" for a in bad))
-    except gradcheck.ReferenceMissing as e:
-        info.check_missing = str(e)
     except Exception:
         info.check_error = traceback.format_exc()
         if info.kernel is None:
@@ -199,7 +191,6 @@ class LayerInfo:
     backward: costs.Cost | None = None
     cost_error: str | None = None
     check: gradcheck.CheckResult | None = None
-    check_missing: str | None = None  # derive.reference absent
     check_error: str | None = None    # the check raised
     kernel: Kernel | None = None
     second: SecondOrderInfo | None = None
@@ -276,8 +267,6 @@ def analyse(name: str, derive, second_order: bool = True) -> LayerInfo:
                 f"{name}: numeric gradient check FAILED for "
                 + "; ".join(f"d{a.arg} at {a.worst_index}: finite difference {a.fd!r}, derived {a.derived!r}"
                             for a in bad))
-    except gradcheck.ReferenceMissing as e:
-        info.check_missing = str(e)
     except Exception:
         info.check_error = traceback.format_exc()
         info.warnings.append(f"{name}: the numeric gradient check raised:\n{info.check_error}")
@@ -428,21 +417,17 @@ def _cost_section(info: LayerInfo) -> str:
     return "\n".join(out)
 
 
-def _check_box(heading, missing, needs, error, raised, c, title, method, columns, name, derived) -> str:
-    """A numeric check as the pages show it: a warning when it could not run (`missing`: what it
-    needs, `needs`), a failure box when it raised, else the verdict box saying how it was run
-    (`method`) and a table of the check's per-argument errors (`columns`: the header's first and
-    fifth cells; `name(arg)`: the first column; `derived`: what the finite differences met)."""
+def _check_box(heading, error, raised, c, title, method, columns, name, derived) -> str:
+    """A numeric check as the pages show it: a failure box when it raised, else the verdict box
+    saying how it was run (`method`) and a table of the check's per-argument errors (`columns`:
+    the header's first and fifth cells; `name(arg)`: the first column; `derived`: what the
+    finite differences met)."""
     out = [heading]
-    if missing:
-        out.append('!!! warning "Not run in this build"\n\n'
-                   + indent(f"The check needs {needs}: {missing}.") + "\n")
-        return "\n".join(out)
     if error:
         out.append(f'!!! failure "{raised}"\n\n' + indent("```text\n" + error + "```") + "\n")
         return "\n".join(out)
     verdict, kind = ("passed", "success") if c.ok else ("FAILED", "failure")
-    out.append(f'!!! {kind} "{title}: {verdict} (float64, run when this site was built)"\n\n'
+    out.append(f'!!! {kind} "{title.format(verdict=verdict)} (float64, run when this site was built)"\n\n'
                + indent(method) + "\n")
     out.append(f"| {columns[0]} | shape | elements checked | max abs error | {columns[1]} | result |")
     out.append("|---|---|---|---|---|---|")
@@ -463,8 +448,7 @@ def _dims_text(c) -> str:
 def _check_section(info: LayerInfo) -> str:
     c = info.check
     return _check_box(
-        "## Numeric gradient check\n", info.check_missing, "`derive.reference.forward` and `derive.reference.vjp`",
-        info.check_error, "The check raised", c, "Finite differences",
+        "## Numeric gradient check\n", info.check_error, "The check raised", c, "Finite differences {verdict}",
         c and (f"Random arguments and upstream gradient (seed {c.seed}) at {_dims_text(c)}; central "
                f"differences with $h = 10^{{-6}}$ of $L = \\sum g \\cdot y$ against the "
                f"derived VJP evaluated by `derive.reference`, within "
@@ -555,9 +539,8 @@ def second_order_section(info: LayerInfo) -> str:
 def _hvp_check(s2: SecondOrderInfo) -> str:
     c = s2.check
     return _check_box(
-        "### Numeric check of H v\n", s2.check_missing, "the HVP kernel and `derive.reference`",
-        s2.check_error, "The HVP kernel or its check raised", c,
-        "H v against finite differences of the gradient",
+        "### Numeric check of H v\n", s2.check_error, "The HVP kernel or its check raised", c,
+        "H v against finite differences of the gradient: {verdict}",
         c and (f"The HVP kernel at random arguments, direction $v$ and upstream gradient "
                f"(seed {c.seed}; 1 for a scalar output) at {_dims_text(c)}, against central "
                f"differences with $h = 10^{{-6}}$ of the derived gradient along $v$, "
@@ -607,7 +590,7 @@ def _hvp_verdict(s2: SecondOrderInfo | None) -> str:
     if s2.check is not None:
         return (f"passed ({max((a.max_rel_err for a in s2.check.args), default=0.0):.0e})"
                 if s2.check.ok else "**FAILED**")
-    return "not run" if s2.check_missing else "**error**"
+    return "**error**"
 
 
 HOW_COSTS = """\
@@ -649,7 +632,7 @@ def index_page(infos: list[LayerInfo]) -> str:
         if info.check is not None:
             chk = "passed" if info.check.ok else "**FAILED**"
         else:
-            chk = "not run" if info.check_missing else "**error**"
+            chk = "**error**"
         out.append(f"| [{info.name}]({info.name}.md) | {text(info.summary)} | {fl} | {chk} | "
                    f"{_hvp_verdict(info.second)} |")
     out.append("")
