@@ -321,13 +321,6 @@ def _id_bounds(d):
     return out
 
 
-def _resolve(name_or_derivation):
-    import derive
-    if isinstance(name_or_derivation, str):
-        return derive.layer(name_or_derivation)
-    return name_or_derivation
-
-
 def kernels(name_or_derivation, dtype: str = "float32", blas: bool = True, parallel: bool = True) -> Kernels:
     """The compiled kernels of a built-in layer (by name) or of any `derive.define` derivation
     (`parallel=False`: no prange loops; see compiled.build.module_source)."""
@@ -335,7 +328,8 @@ def kernels(name_or_derivation, dtype: str = "float32", blas: bool = True, paral
         dtype = np.dtype(dtype).name
     if dtype not in _DTYPES:
         raise KernelError(f"kernels: dtype must be 'float32' or 'float64', got {dtype!r}")
-    d = _resolve(name_or_derivation)
+    import derive
+    d = derive.resolve(name_or_derivation)
     key = layer_key(d, dtype + ("" if blas else "-noblas") + ("" if parallel else "-serial"))
     with _lock:
         hit = _loaded.get(key)

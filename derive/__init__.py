@@ -27,7 +27,7 @@ from .functions import Iverson, MaxOver
 from .graph import Graph, Tensor
 from .verify import VerifyReport, candidate_symbols, verify
 
-__all__ = ["layers", "layer", "define", "Graph", "Tensor", "Derivation", "DeriveError",
+__all__ = ["layers", "layer", "resolve", "define", "Graph", "Tensor", "Derivation", "DeriveError",
            "Iverson", "MaxOver", "derive_all", "verify", "VerifyReport", "candidate_symbols"]
 
 _cache: dict[str, Derivation] = {}
@@ -49,6 +49,17 @@ def layer(name: str, **constants) -> Derivation:
         graph = registry.build(name)  # raises DeriveError for an unknown name
         _cache[name] = cache.load_or_derive(name, lambda: derive_graph(graph))
     return _cache[name]
+
+
+def resolve(target) -> Derivation:
+    """A Derivation given as itself or by a built-in layer's name (what every API that takes
+    "a layer" accepts); anything else is a DeriveError."""
+    if isinstance(target, Derivation):
+        return target
+    if isinstance(target, str):
+        return layer(target)
+    raise DeriveError(getattr(target, "name", type(target).__name__),
+                      f"expected a layer name or a Derivation, got {type(target).__name__}")
 
 
 def define(name: str, build, budget: float | None = None, progress=None) -> Derivation:

@@ -282,7 +282,7 @@ def second_order(name_or_derivation) -> SecondOrder:
     Derivation: derived once per definition, then read from the on-disk cache."""
     import derive
 
-    d = derive.layer(name_or_derivation) if isinstance(name_or_derivation, str) else name_or_derivation
+    d = derive.resolve(name_or_derivation)
     key = f"{_safe(d.name)}-order2-{definition_key(d.graph)}"
     if key not in _memo:
         _memo[key] = cache.load_or_derive(key, lambda: derive_second_order(d))

@@ -687,12 +687,8 @@ def candidate_symbols(target, wrt: str, order: int = 1) -> dict:
 
 
 def _resolve(target) -> Derivation:
-    if isinstance(target, Derivation):
-        return target
-    if isinstance(target, str):
-        from . import layer
-        return layer(target)
-    raise CandidateError(f"target must be a layer name or a Derivation, got {type(target).__name__}")
+    from . import resolve  # derive/__init__ imports this module first
+    return resolve(target)
 
 
 def _check_wrt(d, wrt):

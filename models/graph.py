@@ -204,7 +204,7 @@ class ModelGraph:
     def layer(self, layer, name: str, **args):
         """Apply a derived layer (a built-in name or a `derive.define`d Derivation); returns its
         output value, or a tuple of them for a layer with several outputs."""
-        d = derive.layer(layer) if isinstance(layer, str) else layer
+        d = derive.resolve(layer)
         known = {a.name for a in d.arguments}
         for a in args:
             if a not in known:

@@ -24,3 +24,12 @@ def test_uses_are_recorded_by_the_shared_helpers_a_definition_calls():
     assert uses["multihead_attention"] == ["attention", "softmax"]  # no linear: its projections are inline
     assert uses["cross_entropy"] == ["log_softmax"]
     assert uses["softmax"] == [] and uses["log_softmax"] == []  # a layer does not reuse itself
+
+
+def test_resolve_takes_a_derivation_or_a_name_and_refuses_anything_else():
+    import pytest
+
+    d = derive.layer("relu")
+    assert derive.resolve(d) is d and derive.resolve("relu") is d
+    with pytest.raises(derive.DeriveError, match="expected a layer name or a Derivation, got int"):
+        derive.resolve(3)
