@@ -460,3 +460,23 @@ def test_docs_command_runs_mkdocs_strict_on_the_repository_config():
     assert str(ROOT / "mkdocs.yml") in cmd and str((Path("out")).resolve()) in cmd
     assert "--strict" not in docs_cmd.mkdocs_command("build", strict=False)
     assert docs_cmd.mkdocs_command("serve", dev_addr="127.0.0.1:9000")[-2:] == ["-a", "127.0.0.1:9000"]
+
+
+def test_contributing_lists_files_that_exist_and_tables_every_layer_is_in():
+    from tests import layer_cases, test_verify_layers
+
+    md = (ROOT / "docs" / "contributing.md").read_text()
+    paths = set(re.findall(r"`((?:derive|compiled|models|symgrad|tests|docs)/[\w/.]+\.(?:py|md))`", md))
+    assert len(paths) > 15 and "README.md" in md
+    missing = [p for p in sorted(paths) if not (ROOT / p).is_file()]
+    assert not missing, f"docs/contributing.md names files that do not exist: {missing}"
+    readme = (ROOT / "README.md").read_text()
+    for name in derive.layers():
+        assert layer_cases.cases(name), name
+        assert name in test_verify_layers.RIGHT and name in test_verify_layers.WRONG, name
+        assert f"`{name}`" in readme, f"README.md's list of built-in layers lacks {name}"
+    torch = pytest.importorskip("torch")
+    from tests import torch_layers
+    for name in derive.layers():  # a PyTorch reference for each (KeyError names the file otherwise)
+        _, args = layer_cases.cases(name)[0]
+        torch_layers.forward(name, {k: torch.as_tensor(v) for k, v in args.items()})
