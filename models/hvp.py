@@ -45,17 +45,11 @@ class ModelHVP:
         self.kernels = {id(n): kernels_of(n.derivation, self.dtype) for n in graph.nodes}
         self.second = {}  # second-order kernels, compiled on first use (a node with a tangent)
         self.inputs = [v for v in graph.values if v.kind == "input" and v.base is None]
-        self.passes = 0  # calls so far (a pass over the data: forward, tangent and both backwards)
 
     def _so(self, node):
         if id(node) not in self.second:
             self.second[id(node)] = second_order_kernels(node.derivation, self.dtype.name)
         return self.second[id(node)]
-
-    def loss_and_grad(self, inputs: dict, v=None):
-        """(loss, gradient) without a direction: the backward only (flat gradient)."""
-        loss, grad, _ = self._run(inputs, None)
-        return loss, grad
 
     def __call__(self, inputs: dict, v: np.ndarray):
         """(loss, gradient, H v) at the store's current parameters; v flat like store.flat."""
@@ -68,16 +62,14 @@ class ModelHVP:
     # --- the pass ------------------------------------------------------------------------------
     def _run(self, inputs, v):
         g, st = self.graph, self.store
-        self.passes += 1
         val, tan = self._load(inputs, v)
         gflat = np.zeros_like(st.flat)
-        hflat = np.zeros_like(st.flat) if v is not None else None
+        hflat = np.zeros_like(st.flat)
         grad, gtan = {}, {}  # root -> flat gradient / its tangent
         for p in g.values:
             if p.kind == "param" and p.base is None:
                 grad[id(p)] = st.view(p.name, gflat).reshape(-1)
-                if v is not None:
-                    gtan[id(p)] = st.view(p.name, hflat).reshape(-1)
+                gtan[id(p)] = st.view(p.name, hflat).reshape(-1)
 
         def arr(store, x):
             a = store[id(x.root)][x.start:x.start + x.size]
@@ -119,8 +111,6 @@ class ModelHVP:
             k = self.kernels[id(node)]
             da = k.backward(**ups, **args, **saved)
             self._accumulate(grad, node, wanted, da)
-            if v is None:
-                continue
             dots = {a: arr(tan, x) for a, x in node.args.items()
                     if isinstance(x, Value) and id(x.root) in tan and a in d.grads}
             if dots:
@@ -146,8 +136,7 @@ class ModelHVP:
                 continue
             if x.kind == "param":
                 val[id(x)] = st.view(x.name).reshape(-1)
-                if v is not None:
-                    tan[id(x)] = st.view(x.name, v).reshape(-1)
+                tan[id(x)] = st.view(x.name, v).reshape(-1)
             elif x.kind == "input":
                 if x.name not in inputs:
                     raise GraphError(f"{g.name}: input '{x.name}' is not given")
