@@ -306,19 +306,11 @@ class Kernels:
 
 
 def _id_bounds(d):
-    """For each integer argument, the extent of the axis it indexes (for a range check)."""
-    out = {}
-    g = d.graph
-    for a in g.args:
-        if not a.integer:
-            continue
-        for b in g.bindings:
-            for ix in b.expr.atoms(sp.Indexed):
-                for ax, i in enumerate(ix.indices):
-                    if isinstance(i, sp.Indexed) and str(i.base.label) == a.name and a.name not in out:
-                        shape = g.tensor(str(ix.base.label)).shape[ax]
-                        out[a.name] = sp.lambdify(list(g.dims_), sp.sympify(shape), "math")
-    return out
+    """For each integer argument, the extent of the axis it indexes, as a function of the dims
+    (derive.indices.integer_ranges: the range check at each call)."""
+    from derive.indices import integer_ranges
+    dims = list(d.graph.dims_)
+    return {name: sp.lambdify(dims, sp.sympify(extent), "math") for name, extent in integer_ranges(d).items()}
 
 
 def kernels(name_or_derivation, dtype: str = "float32", blas: bool = True, parallel: bool = True) -> Kernels:

@@ -248,3 +248,30 @@ def _text(scope, v) -> str:
     lo = ", ".join(map(str, scope.lo[v]))
     hi = ", ".join(map(str, scope.hi[v]))
     return f"[{lo}..{hi}]" if len(scope.lo[v]) == len(scope.hi[v]) == 1 else f"[max({lo})..min({hi})]"
+
+
+def integer_ranges(d) -> dict:
+    """Integer arguments of Derivation d -> the extent (an expression of the dims) of the axis
+    they index: the range their values must lie in, which nothing here can prove (see the module
+    docstring); the kernels check it at run time and verify draws ids inside it."""
+    out = {}
+    ints = {t.name for t in d.arguments if t.integer}
+    if not ints:
+        return out
+    g = d.graph
+    for b in g.bindings:
+        for ix in b.expr.atoms(sp.Indexed):
+            owner = g.tensor(str(ix.base.label)) if str(ix.base.label) in {t.name for t in g.tensors()} else None
+            for axis, i in enumerate(ix.indices):
+                for inner in sp.sympify(i).atoms(sp.Indexed):
+                    name = str(inner.base.label)
+                    if name in ints and owner is not None and name not in out:
+                        out[name] = owner.shape[axis]
+        for rel in b.expr.atoms(sp.KroneckerDelta, sp.Eq):
+            sides = rel.args[:2]
+            for a, c in (sides, sides[::-1]):
+                names = [str(x.base.label) for x in sp.sympify(a).atoms(sp.Indexed)
+                         if str(x.base.label) in ints]
+                if names and c in g.extents and names[0] not in out:
+                    out[names[0]] = g.extents[c]
+    return out

@@ -68,6 +68,7 @@ from .derivation import Derivation
 from .equivalence import CandidateError, namespace, normalize, prove, time_limit
 from .errors import DeriveError
 from .functions import Iverson, MaxOver
+from .indices import integer_ranges
 from .steps import text as _text
 
 __all__ = ["verify", "VerifyReport", "CaseResult", "Counterexample", "candidate_symbols",
@@ -325,31 +326,6 @@ class _Instance:
         with np.errstate(all="ignore"):
             out = reference.evaluate(sp.sympify(expr).xreplace(self.dims), self.gidx, vals, self.gext)
         return np.asarray(out, dtype=np.float64).reshape(self.shape[self.wrt])
-
-
-def _integer_ranges(d) -> dict:
-    """Integer arguments -> the extent (expression in dims) of the axis they index."""
-    out = {}
-    ints = {t.name for t in d.arguments if t.integer}
-    if not ints:
-        return out
-    g = d.graph
-    for b in g.bindings:
-        for ix in b.expr.atoms(sp.Indexed):
-            owner = g.tensor(str(ix.base.label)) if str(ix.base.label) in {t.name for t in g.tensors()} else None
-            for axis, i in enumerate(ix.indices):
-                for inner in sp.sympify(i).atoms(sp.Indexed):
-                    name = str(inner.base.label)
-                    if name in ints and owner is not None and name not in out:
-                        out[name] = owner.shape[axis]
-        for rel in b.expr.atoms(sp.KroneckerDelta, sp.Eq):
-            sides = rel.args[:2]
-            for a, c in (sides, sides[::-1]):
-                names = [str(x.base.label) for x in sp.sympify(a).atoms(sp.Indexed)
-                         if str(x.base.label) in ints]
-                if names and c in g.extents and names[0] not in out:
-                    out[names[0]] = g.extents[c]
-    return out
 
 
 def _has(d, test) -> bool:
@@ -849,7 +825,7 @@ class _VJPCheck:
     def __init__(self, d, wrt, cand, *, eps, atol, rtol, seed, vjp_rtol):
         self.d, self.wrt, self.cand = d, wrt, cand
         self.eps, self.atol, self.rtol, self.vjp_rtol = eps, atol, rtol, vjp_rtol
-        self.int_ranges = _integer_ranges(d)
+        self.int_ranges = integer_ranges(d)
         self.fd_rng = np.random.default_rng(seed + 7)
 
     def instance(self, dims) -> _Instance:
