@@ -33,9 +33,7 @@ def sides(cfg, batch, seed=0):
     model = GPT(cfg, seed=seed)
     x, y = _batch(cfg, batch)
     rng = np.random.default_rng(seed + 1)
-    v = np.zeros_like(model.store.flat)
-    for name, (_, shape) in model.store.spec.items():
-        model.store.view(name, v)[...] = rng.standard_normal(shape)
+    v = model.store.flat_like(rng.standard_normal)
     key, inputs = model.batch(x, y)
     hvp = model.hvp_at(key)
     out = {}

@@ -128,6 +128,14 @@ class ParamStore:
             self.view(name)[...] = init
         self._init.clear()
 
+    def flat_like(self, part) -> np.ndarray:
+        """A vector laid out like `flat`: each parameter's part is part(shape) (np.ones, a random
+        generator's standard_normal), the padding between parameters zero."""
+        out = np.zeros(self._end(), self.dtype)
+        for name, (_, shape) in self.spec.items():
+            self.view(name, out)[...] = part(shape)
+        return out
+
     def view(self, name, buf=None) -> np.ndarray:
         o, s = self.spec[name]
         buf = self.flat if buf is None else buf

@@ -34,10 +34,9 @@ class Objective:
     def __init__(self, model, *data):
         self.model, self.data = model, data
         self.passes = 0
-        self.mask = np.zeros_like(model.store.flat)
-        for name in model.store.spec:
-            model.store.view(name, self.mask)[...] = 1
-        self.hvp_pass = model.hvp_at(model.batch(*data)[0])
+        self.mask = model.store.flat_like(np.ones)
+        key, self.inputs = model.batch(*data)
+        self.hvp_pass = model.hvp_at(key)
 
     @property
     def theta(self) -> np.ndarray:
@@ -67,7 +66,7 @@ class Objective:
     def hvp(self, v, theta=None) -> np.ndarray:
         self._at(theta)
         self.passes += 1
-        return self.hvp_pass(self.model.batch(*self.data)[1], v * self.mask)[2]
+        return self.hvp_pass(self.inputs, v * self.mask)[2]
 
 
 @dataclass

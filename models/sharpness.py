@@ -53,9 +53,7 @@ def top_eigenvalue(matvec, v0, iters: int = ITERS, rtol: float = RTOL) -> tuple[
 def sharpness(model, *batch, iters: int = ITERS, seed: int = 0) -> tuple[float, int]:
     """(top Hessian eigenvalue of the loss on `batch`, HVPs used), from a seeded random start."""
     rng = np.random.default_rng(seed)
-    v0 = np.zeros_like(model.store.flat)
-    for name, (_, shape) in model.store.spec.items():
-        model.store.view(name, v0)[...] = rng.standard_normal(shape)
+    v0 = model.store.flat_like(rng.standard_normal)
     return top_eigenvalue(lambda v: model.hvp(v, *batch)[2], v0, iters)
 
 

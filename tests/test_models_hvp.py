@@ -12,10 +12,7 @@ from models.zoo import MLP, CharRNN
 
 def direction(model, rng):
     """A random direction over the parameters, zero in the flat buffer's padding."""
-    v = np.zeros_like(model.store.flat)
-    for name, (_, shape) in model.store.spec.items():
-        model.store.view(name, v)[...] = rng.standard_normal(shape)
-    return v
+    return model.store.flat_like(rng.standard_normal)
 
 
 def step_gradient(model, *data):
