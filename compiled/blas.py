@@ -3,7 +3,6 @@
 
     gemm(a, b, out, alpha=1)      out = alpha * a @ b   (alpha: a scalar factor, 1/sqrt(D))
     gemm_acc(a, b, out, alpha=1)  out += alpha * a @ b  (beta = 1: accumulated in place)
-    gemm1(a, b, out, alpha=1)     gemm on the calling thread alone (inside a prange loop)
 
 a, b are 2-D float32 or float64 arrays whose rows or columns are contiguous (a C array, its
 transpose `x.T`, a slice of rows); out is C-contiguous, as np.dot's out must be. The layout of a
@@ -15,18 +14,16 @@ MKL is reached through Numba's `ExternalFunction` on a symbol registered with ll
 ctypes pointer: a ctypes pointer is a "dynamic global" and would stop every kernel calling
 gemm from being cached (`njit(cache=True)`); a symbol is resolved again in each process.
 
-Threading: Intel OpenMP (MKL's own layer) with KMP_BLOCKTIME=0, unless MKL_THREADING_LAYER
-says otherwise; the thread count is set per step by models/threads.py, which runs one thread
-when the machine is busy. Measured on the 2-vCPU Xeon (AVX-512), 2026-12-01, the reference GPT
-step: sequential MKL 57 ms (one thread does every GEMM), intel 2 threads 41 ms. Under load no
-threaded layer beat one thread (hence the per-step choice), and each had a cost. Intel OpenMP (MKL's default) spin-waits after a
-call (KMP_BLOCKTIME=200 ms): a 1x128 @ 128x384 product, 2-3 us on one thread, took 4 us at 2
-threads back to back on free cores but 1.36 ms with two busy processes (KMP_BLOCKTIME=0: no
-spin, a wake-up instead: 15 us, 29 us under load). GNU OpenMP took ~20 ms a call under load. TBB
-stayed close to one thread but ignores mkl_set_num_threads (two threads ran after
-set_threads(1)), so `--threads 1` could not be honoured. What one thread gives up: on a quiet
-machine the GEMMs of a GPT step ran 1.3-1.7x faster at 2 threads (intel, tbb). With the intel
-layer, KMP_BLOCKTIME defaults to 0 here (no spinning after a call), and set_threads(n) applies.
+Threading: MKL runs sequentially (MKL_THREADING_LAYER=sequential, set here whatever the
+environment says): every product runs on the thread that calls it, and the kernels' one thread
+pool is Numba's (TBB, compiled/build.py), which splits a large product into row blocks, one per
+thread (compiled/writer.py), and runs attention's per-sequence products side by side. With
+MKL's own OpenMP threads as a second pool, each switch between the pools woke sleeping threads:
+measured 2026-12-06 on the 2-vCPU AMD EPYC (Zen 4) VM, the attention forward took 0.26 ms
+alone and 0.45 ms right after a 2-thread MKL product; and MKL's own 2-thread split of the GPT's
+products ran them at 114 GFLOP/s, against 133 as row blocks on one pool (a 1-thread product
+reaches 80 here, the sgemm peak 102 on one core, 197 on two). A second pool is also what made
+the import order matter (Intel OpenMP had to start before PyTorch's GNU OpenMP): no longer.
 """
 
 from __future__ import annotations
@@ -46,8 +43,7 @@ from numba.extending import overload
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS's enums
 _LP64 = 0  # MKL_INTERFACE_LP64: 32-bit integers, as the signatures below declare
-_LAYERS = {"intel": 0, "sequential": 1, "gnu": 3, "tbb": 4}  # MKL_THREADING_*
-_LAYER = "intel"  # the default: see the module docstring
+_SEQUENTIAL = 1  # MKL_THREADING_SEQUENTIAL
 
 
 def _wheel_lib(dist, prefix):
@@ -74,35 +70,10 @@ def _load():
         return None
     if lib.MKL_Set_Interface_Layer(_LP64) != _LP64:
         return None
-    layer = os.environ.get("MKL_THREADING_LAYER", "").lower()
-    if not layer:
-        layer = _LAYER
-        lib.MKL_Set_Threading_Layer(_LAYERS[_LAYER])
-    if layer == "intel":
-        os.environ.setdefault("KMP_BLOCKTIME", "0")  # read when libiomp5 starts, at the first call
-    elif layer == "tbb" and _wheel_lib("tbb", "libtbb.so.12"):  # else MKL exits at the first call
-        ctypes.CDLL(_wheel_lib("tbb", "libtbb.so.12"))         # ("Cannot load libmkl_tbb_thread")
-    for name in ("cblas_sgemm", "cblas_dgemm", "MKL_Set_Num_Threads_Local"):
+    lib.MKL_Set_Threading_Layer(_SEQUENTIAL)  # before the first call: see the module docstring
+    for name in ("cblas_sgemm", "cblas_dgemm"):
         ll.add_symbol(f"symgrad_{name}", ctypes.cast(getattr(lib, name), ctypes.c_void_p).value)
-    if layer == "intel":
-        _start_threads(lib)
     return lib
-
-
-def _start_threads(lib):
-    """One product on two threads now, so that Intel OpenMP starts its threads at import: started
-    after PyTorch's GNU OpenMP had started its own, it ran the reference step's GEMMs at 2 threads
-    1.6x slower (65 ms against 41 ms a step, measured 2026-12-01); started first, both run at
-    full speed. Import compiled (or symgrad, models) before torch."""
-    n = 256
-    a = np.zeros((n, n), np.float32)
-    c = np.zeros((n, n), np.float32)
-    p = ctypes.c_void_p
-    lib.cblas_sgemm.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, p, ctypes.c_int, p, ctypes.c_int,
-                                                      ctypes.c_float, p, ctypes.c_int]
-    lib.MKL_Set_Num_Threads(ctypes.c_int(2))
-    lib.cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n, n, n, 1.0, a.ctypes.data, n, a.ctypes.data, n, 0.0,
-                    c.ctypes.data, n)
 
 
 _MKL = _load()
@@ -111,15 +82,6 @@ _MKL = _load()
 def backend() -> str:
     """"mkl" when the kernels' products call MKL, else "openblas" (np.dot)."""
     return "mkl" if _MKL is not None else "openblas"
-
-
-def set_threads(n: int) -> bool:
-    """Use n threads in MKL's products (every thread of this process); False without MKL. Only a
-    threaded MKL_THREADING_LAYER (intel, gnu) has more than one: see the module docstring."""
-    if _MKL is None:
-        return False
-    _MKL.MKL_Set_Num_Threads(ctypes.c_int(int(n)))
-    return True
 
 
 # Part of every kernel's cache key: a kernel compiled against another backend or another
@@ -134,8 +96,6 @@ def _signature(real):
     return types.void(i, i, i, i, i, i, real, p, i, p, i, real, p, i)
 
 
-# MKL's thread count for calls from this thread alone (0: the global count); returns the old one
-_set_local = types.ExternalFunction("symgrad_MKL_Set_Num_Threads_Local", types.intc(types.intc))
 _sgemm = types.ExternalFunction("symgrad_cblas_sgemm", _signature(types.float32))
 _dgemm = types.ExternalFunction("symgrad_cblas_dgemm", _signature(types.float64))
 _XGEMM = {types.float32: (_sgemm, np.float32), types.float64: (_dgemm, np.float64)}
@@ -183,54 +143,32 @@ def _cblas_gemm_typed(a, b, out, alpha, beta):
 
 
 @njit
-def gemm(a, b, out, alpha=1.0):
-    """out = alpha * a @ b (MKL when installed, else np.dot)."""
-    if not _cblas_gemm(a, b, out, alpha, 0.0):
-        np.dot(a, b, out)
-        if alpha != 1.0:
-            out *= alpha
-
-
-def _one_thread(on):
-    """Hold this thread's MKL calls to one thread (on) or give them back the global count."""
-
-
-@overload(_one_thread)
-def _one_thread_typed(on):
-    if _MKL is None:
-        return lambda on: 0
-    return lambda on: _set_local(1 if on else 0)
-
-
-@njit
-def gemm1(a, b, out, alpha=1.0):
-    """gemm on the calling thread alone: inside a prange loop each thread does its own batch
-    elements' products (attention's per-sequence S[b] = q[b] @ k[b].T), where a threaded call
-    would start a second thread pool under the first. Without MKL: gemm."""
-    _one_thread(True)
-    gemm(a, b, out, alpha)
-    _one_thread(False)
-
-
-@njit
-def gemm_acc(a, b, out, alpha=1.0):
-    """out += alpha * a @ b (MKL's beta = 1 when installed, else np.dot into a temporary)."""
-    if not _cblas_gemm(a, b, out, alpha, 1.0):
-        out += alpha * np.dot(a, b)
-
-
-@njit
 def dot_gemm(a, b, out, alpha=1.0):
-    """gemm without MKL: np.dot."""
-    np.dot(a, b, out)
+    """gemm through np.dot: without MKL, or for operands CBLAS cannot take (a row block of a
+    transposed operand, x.T[k0:k1], is copied contiguous first)."""
+    np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
     if alpha != 1.0:
         out *= alpha
 
 
 @njit
 def dot_gemm_acc(a, b, out, alpha=1.0):
-    """gemm_acc without MKL: np.dot into a temporary."""
-    out += alpha * np.dot(a, b)
+    """gemm_acc through np.dot, into a temporary."""
+    out += alpha * np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
 
 
-__all__ = ["gemm", "gemm1", "gemm_acc", "dot_gemm", "dot_gemm_acc", "backend", "set_threads", "CACHE_TAG"]
+@njit
+def gemm(a, b, out, alpha=1.0):
+    """out = alpha * a @ b (MKL on the calling thread when installed, else np.dot)."""
+    if not _cblas_gemm(a, b, out, alpha, 0.0):
+        dot_gemm(a, b, out, alpha)
+
+
+@njit
+def gemm_acc(a, b, out, alpha=1.0):
+    """out += alpha * a @ b (MKL's beta = 1 when installed, else np.dot into a temporary)."""
+    if not _cblas_gemm(a, b, out, alpha, 1.0):
+        dot_gemm_acc(a, b, out, alpha)
+
+
+__all__ = ["gemm", "gemm_acc", "dot_gemm", "dot_gemm_acc", "backend", "CACHE_TAG"]

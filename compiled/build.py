@@ -32,7 +32,7 @@ from .writer import KernelWriter, helper_imports, helper_source
 
 FASTMATH = "{'arcp', 'contract', 'afn', 'reassoc', 'nsz'}"  # never nnan/ninf: NaN checks stay right
 RESERVED = {"np", "math", "F", "njit", "range", "max", "min", "abs", "FAST", "prange", "numba",
-            "ir", "types", "intrinsic", "gemm", "gemm1", "PARALLEL_MIN", "PRANGE_ONLY", "ParallelOptions",
+            "ir", "types", "intrinsic", "gemm", "PARALLEL_MIN", "PRANGE_ONLY", "ParallelOptions",
             "maximum", "pool_threads"} | set(elementary.HELPERS)
 # error_model="numpy": a float division by zero gives inf/NaN as IEEE says instead of a Python
 # ZeroDivisionError check, which kept every loop with a division from vectorizing
@@ -111,7 +111,8 @@ class KernelSpec:
     elementwise_alias: dict = field(default_factory=dict)  # out name -> inputs it may alias
     source: str = ""
     # the matrix products it calls, in the dims: (M, K, N, a transposed, b transposed, calls,
-    # on one thread); out[M, N] = op(a)[M, K] @ op(b)[K, N] (the bench's GEMM floor, models/bench.py)
+    # mode: "batch", "rows" or "", compiled/writer.py); out[M, N] = op(a)[M, K] @ op(b)[K, N]
+    # (the bench's GEMM floor, models/bench.py)
     products: list = field(default_factory=list)
 
 
@@ -174,7 +175,7 @@ class ModuleBuilder:
         self.used = set()  # helpers the kernels call
         self.helpers = set()  # loop helpers (compiled.writer.HELPERS) the kernels call
         self.parallel = False  # whether a kernel has a prange loop
-        self.gemm = set()  # what the kernels call of compiled.blas: gemm, gemm1
+        self.gemm = set()  # what the kernels call of compiled.blas: gemm
 
     # --- names shared by both kernels --------------------------------------------------------
     def base_names(self):
@@ -476,8 +477,8 @@ def module_source(d, dtype: str, key: str, blas: bool = True, parallel: bool = T
 def spec_dict(spec: KernelSpec) -> dict:
     return {"func": spec.func, "returns": spec.returns, "alias": spec.elementwise_alias,
             "params": [[p.name, p.kind, [str(x) for x in p.shape], p.default] for p in spec.params],
-            "products": [[str(M), str(K), str(N), ta, tb, str(n), one]
-                         for M, K, N, ta, tb, n, one in spec.products]}
+            "products": [[str(M), str(K), str(N), ta, tb, str(n), mode]
+                         for M, K, N, ta, tb, n, mode in spec.products]}
 
 
 def spec_from_dict(data: dict, dims) -> KernelSpec:

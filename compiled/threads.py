@@ -41,22 +41,16 @@ def set_blas_threads(n: int) -> int:
     return done
 
 
-
-
 def set_threads(n: int) -> int:
     """Use n threads everywhere the kernels can: Numba's parallel loops (this thread's count,
-    capped at NUMBA_NUM_THREADS), SciPy's OpenBLAS and, when the kernels' products call it, MKL.
+    capped at NUMBA_NUM_THREADS), which also run the row blocks of MKL's products (MKL itself is
+    sequential: compiled/blas.py), and SciPy's OpenBLAS, which `np.dot` calls without MKL.
     Returns the count set."""
     import numba
 
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     set_blas_threads(n)
-    try:
-        from . import blas
-    except ImportError:
-        return n
-    blas.set_threads(n)
     return n
 
 

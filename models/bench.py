@@ -65,12 +65,13 @@ def parse_peers(s: str) -> tuple:
 # --- the GEMM floor ----------------------------------------------------------------------------
 def floor_gemms(model, key) -> list:
     """The matrix products of one training step of `model` at configuration `key` ((B, T) for
-    the GPT), read off its printed step: (label, M, K, N, trans_a, trans_b, count, one_thread),
+    the GPT), read off its printed step: (label, M, K, N, trans_a, trans_b, count, mode),
     out[M, N] = op(a)[M, K] @ op(b)[K, N], op = transpose where the flag is set (the operand
-    is stored transposed, as the kernels' `x.T` / `W.T` views are); one_thread: the kernels run
-    these per sequence, each on one thread, sequences in parallel (attention's batched loops,
-    compiled/writer.py), the others one call at a time on MKL's threads. Each is one product
-    a called kernel prints (`Plan.products`), so the list is the step's own, whatever the model."""
+    is stored transposed, as the kernels' `x.T` / `W.T` views are); mode: how the kernels run
+    them ("batch": the count calls side by side, one per thread, as attention's per-sequence
+    products; "rows": in row blocks of the output, one block per thread; "": one call). Each
+    is one product a called kernel prints (`Plan.products`), so the list is the step's own,
+    whatever the model."""
     return model.step_for(tuple(key), loss=True).plan.products()
 
 
@@ -84,48 +85,50 @@ def gemm_routine():
     return blas.gemm, f"compiled.blas.gemm ({blas.backend()})"
 
 
+MODES = {"": 0, "batch": 1, "rows": 2}
 _FLOOR = None
 
 
 def _floor_kernel():
-    """The njit function doing a table's GEMMs back to back (compiled once per process): each
-    run of one-thread rows as the kernels do them, in parallel, one product per thread."""
+    """The njit function doing a table's GEMMs back to back (compiled once per process), each
+    run of products as the kernels run them: a "batch" run side by side, one product per
+    thread; a "rows" product in row blocks, one per thread (compiled/writer.py)."""
     global _FLOOR
     if _FLOOR is None:
         import numba
-        from compiled.blas import gemm, gemm1
+        from compiled.blas import gemm
 
         @numba.njit
-        def mm(a, b, out, one):
-            if one:
-                gemm1(a, b, out)
-            else:
-                gemm(a, b, out)
-
-        @numba.njit
-        def product(A, B, O, row, one):
+        def product(A, B, O, row, r0, r1):
+            """Rows r0:r1 of the output of the product `row` describes."""
             M, K, N, ta, tb, oa, ob, oo = row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7]
             a, b = A[oa:oa + M * K], B[ob:ob + K * N]
-            out = O[oo:oo + M * N].reshape(M, N)
+            out = O[oo:oo + M * N].reshape(M, N)[r0:r1]
             if ta == 0 and tb == 0:  # one call per layout: each operand's type stays contiguous
-                mm(a.reshape(M, K), b.reshape(K, N), out, one)
+                gemm(a.reshape(M, K)[r0:r1], b.reshape(K, N), out)
             elif ta == 0:
-                mm(a.reshape(M, K), b.reshape(N, K).T, out, one)
+                gemm(a.reshape(M, K)[r0:r1], b.reshape(N, K).T, out)
             elif tb == 0:
-                mm(a.reshape(K, M).T, b.reshape(K, N), out, one)
+                gemm(a.reshape(K, M).T[r0:r1], b.reshape(K, N), out)
             else:
-                mm(a.reshape(K, M).T, b.reshape(N, K).T, out, one)
+                gemm(a.reshape(K, M).T[r0:r1], b.reshape(N, K).T, out)
 
         @numba.njit(parallel=True)
         def floor(A, B, O, table, runs):
+            nt = numba.get_num_threads()
             for r in range(runs.shape[0]):
-                lo, hi, one = runs[r, 0], runs[r, 1], runs[r, 2]
-                if one and numba.get_num_threads() > 1:
+                lo, hi, mode = runs[r, 0], runs[r, 1], runs[r, 2]
+                if mode == 1 and nt > 1:
                     for i in numba.prange(lo, hi):
-                        product(A, B, O, table[i], True)
+                        product(A, B, O, table[i], 0, table[i, 0])
+                elif mode == 2 and nt > 1:
+                    for i in range(lo, hi):
+                        M = table[i, 0]
+                        for t in numba.prange(nt):
+                            product(A, B, O, table[i], t * M // nt, (t + 1) * M // nt)
                 else:
                     for i in range(lo, hi):
-                        product(A, B, O, table[i], one)
+                        product(A, B, O, table[i], 0, table[i, 0])
 
         _FLOOR = floor
     return _FLOOR
@@ -136,8 +139,8 @@ def build_floor(gemms, dtype="float32"):
     preallocated buffers (one set per call, as the step's activations are distinct arrays)."""
     kernel = _floor_kernel()
     rows, runs, sa, sb, so = [], [], 0, 0, 0
-    for _, M, K, N, ta, tb, count, one in gemms:
-        runs.append((len(rows), len(rows) + count, int(one)))
+    for _, M, K, N, ta, tb, count, mode in gemms:
+        runs.append((len(rows), len(rows) + count, MODES[mode]))
         for _ in range(count):
             rows.append((M, K, N, int(ta), int(tb), sa, sb, so))
             sa, sb, so = sa + M * K, sb + K * N, so + M * N
@@ -157,17 +160,14 @@ def build_floor(gemms, dtype="float32"):
 
 
 def build_peak(dtype="float32"):
-    """A `call()` returning the GFLOP/s of one PEAK_SHAPE GEMM through the kernels' routine."""
-    gemm, _ = gemm_routine()
+    """A `call()` returning the GFLOP/s of one PEAK_SHAPE GEMM through the kernels' routine, on
+    every thread (row blocks, as the kernels split a large product)."""
     M, K, N = PEAK_SHAPE
-    rng = np.random.default_rng(1)
-    a = (rng.random((M, K), dtype=np.float32) - 0.5).astype(dtype)
-    b = (rng.random((K, N), dtype=np.float32) - 0.5).astype(dtype)
-    out = np.zeros((M, N), dtype=dtype)
+    run = build_floor([("peak", M, K, N, False, False, 1, "rows")], dtype)
 
     def call():
         t0 = time.perf_counter()
-        gemm(a, b, out)
+        run()
         return 2 * M * K * N / (time.perf_counter() - t0) / 1e9
 
     return call

@@ -391,8 +391,9 @@ class Plan:
 
     def products(self) -> list:
         """The matrix products the step's kernels call, bound to this plan's shapes:
-        (label, M, K, N, a transposed, b transposed, calls, on one thread) per product a called
-        kernel prints (compiled/writer.py records them), forward then backward."""
+        (label, M, K, N, a transposed, b transposed, calls, mode) per product a called kernel
+        prints, mode as compiled/writer.py records it ("batch": the calls side by side, one thread
+        each; "rows": in row blocks, one per thread; "": one call), forward then backward."""
         out = []
         for which, calls in (("forward", self.forward), ("backward", self.backward)):
             for st in calls:
@@ -402,9 +403,9 @@ class Plan:
                 k = self.kernels[id(node)]
                 spec = k.forward_spec if which == "forward" else k.backward_spec
                 dims = {d: node.dims[str(d)] for d in node.derivation.graph.dims_}
-                for M, K, N, ta, tb, n, one in spec.products:
+                for M, K, N, ta, tb, n, mode in spec.products:
                     M, K, N, n = (int(sp.sympify(x).subs(dims)) for x in (M, K, N, n))
-                    out.append((f"{node.name} {which}", M, K, N, ta, tb, n, one))
+                    out.append((f"{node.name} {which}", M, K, N, ta, tb, n, mode))
         return out
 
     def _sink(self, sinks, shape) -> str:

@@ -51,18 +51,27 @@ def test_floor_gemms_are_the_products_the_reference_step_prints():
     assert bench.matmul_flops(g) == 3_964_207_104  # 3.96 GFLOP in matmuls (notes/performance-baseline)
     # per block: 4 linears x 3 products, and attention's 6 per sequence (12 x 4 heads); lm_head 3
     assert sum(x[6] for x in g) == 4 * 4 * 3 + 3 + 12 * 4 * 4 * 6
-    assert ("blocks.0.attn.c_attn forward", 768, 128, 384, False, False, 1, False) in g  # x @ W
-    assert ("blocks.3.mlp.c_proj backward", 512, 768, 128, True, False, 1, False) in g  # dW = x.T @ g
-    assert ("lm_head backward", 768, 65, 128, False, True, 1, False) in g  # dX = g @ W.T
+    # the linears' products in row blocks, one per thread
+    assert ("blocks.0.attn.c_attn forward", 768, 128, 384, False, False, 1, "rows") in g  # x @ W
+    assert ("blocks.3.mlp.c_proj backward", 512, 768, 128, True, False, 1, "rows") in g  # dW = x.T @ g
+    assert ("lm_head backward", 768, 65, 128, False, True, 1, "rows") in g  # dX = g @ W.T
     # attention's dk = gS.T @ q, per sequence, each on one thread
-    assert ("blocks.2.attn.attn backward", 64, 64, 32, True, False, 48, True) in g
+    assert ("blocks.2.attn.attn backward", 64, 64, 32, True, False, 48, "batch") in g
 
 
-def test_floor_computes_the_listed_products():
-    gemms = [("nn", 3, 4, 5, False, False, 2, False), ("nt", 2, 3, 4, False, True, 1, False),
-             ("tn", 4, 3, 2, True, False, 3, True), ("tt", 3, 2, 5, True, True, 1, False)]
+@pytest.mark.parametrize("threads", [1, 2])
+def test_floor_computes_the_listed_products(threads):
+    import numba
+
+    gemms = [("nn", 3, 4, 5, False, False, 2, ""), ("nt", 2, 3, 4, False, True, 1, "rows"),
+             ("tn", 4, 3, 2, True, False, 3, "batch"), ("tt", 7, 2, 5, True, True, 1, "rows")]
     run = bench.build_floor(gemms)
-    run()
+    was = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        run()
+    finally:
+        numba.set_num_threads(was)
     A, B, O, table = run.buffers
     assert len(table) == 7
     for M, K, N, ta, tb, oa, ob, oo in table:

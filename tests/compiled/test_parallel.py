@@ -92,18 +92,38 @@ def test_row_loops_are_printed_as_prange_behind_a_size_test():
 def test_attention_runs_each_sequence_on_one_thread_products_included():
     """A batch element's products and row loops run together on one thread: S[b] = q[b] k[b].T,
     its softmax rows and y[b] = P[b] v[b] inside one prange over b, each product on the calling
-    thread (gemm1); measured (48 x 64 x 64, 2 threads): forward 633 -> 464 us, backward 765 ->
-    469 us against per-b products on MKL's two threads between parallel row loops."""
+    thread (MKL is sequential); measured (48 x 64 x 64, 2 threads): forward 633 -> 464 us,
+    backward 765 -> 469 us against per-b products on MKL's two threads between parallel row
+    loops."""
     if compiled.blas.backend() != "mkl":
-        pytest.skip("products held to one thread need MKL (its thread-local count)")
+        pytest.skip("products on the calling thread need MKL (sequential)")
     src = compiled.kernels("attention", "float32").source
-    for func, first, last in (("attention_forward", "gemm1(q[b], k[b].T, S[b], alpha)", "gemm1(P[b], v[b], y[b])"),
-                              ("attention_backward", "gemm1(g[b], v[b].T, mm0[b])", "gemm1(P[b].T, g[b], dv[b])")):
+    for func, first, last in (("attention_forward", "gemm(q[b], k[b].T, S[b], alpha)", "gemm(P[b], v[b], y[b])"),
+                              ("attention_backward", "gemm(g[b], v[b].T, mm0[b])", "gemm(P[b].T, g[b], dv[b])")):
         body, par = _loops(src, func)
         assert par == ["b"], f"{func}: prange loops {par}"
         loop = body.split("for b in prange(B):")[1].split("else:")[0]
         assert loop.strip().startswith(first) and loop.strip().endswith(last), loop
-        assert "gemm(" not in body  # no product left outside the batched loop
+        assert body.count("gemm(") == 2 * loop.count("gemm("), body  # none outside the two copies
+
+
+def test_linear_products_run_in_row_blocks_with_the_bias_add_inside():
+    """A product with no batch index is split into row blocks of its output, one per thread,
+    each product on the calling thread; the bias add runs over the rows its thread just
+    computed; the backward's dx and dW, which read nothing of each other, share one loop."""
+    if compiled.blas.backend() != "mkl":
+        pytest.skip("products on the calling thread need MKL (sequential)")
+    src = compiled.kernels("linear", "float32").source
+    body, par = _loops(src, "linear_forward")
+    assert par == ["block"], par
+    block = body.split("for block in prange(threads):")[1].split("else:")[0]
+    assert re.search(r"gemm\(x\[n_lo:n_hi\], W, y\[n_lo:n_hi\]\)\n\s+for n in range\(n_lo, n_hi\):\n.*\n"
+                     r"\s+y\[n, j\] = b\[j\] \+ y\[n, j\]", block), block
+    body, par = _loops(src, "linear_backward")
+    assert par == ["block"], par
+    block = body.split("for block in prange(threads):")[1].split("else:")[0]
+    assert "gemm(g[n_lo:n_hi], W.T, dx[n_lo:n_hi])" in block, block
+    assert re.search(r"gemm\(x\.T\[(\w+):(\w+)\], g, dW\[\1:\2\]\)", block), block
 
 
 def test_no_prange_where_a_reduction_crosses_iterations():
@@ -144,6 +164,7 @@ CASES = {
     "layernorm": {"x": (500, 96), "gamma": (96,), "beta": (96,)},
     "cross_entropy": {"logits": (700, 65)},
     "attention": {"q": (6, 16, 8), "k": (6, 16, 8), "v": (6, 16, 8)},  # products on one thread each
+    "linear": {"x": (37, 20), "W": (20, 13), "b": (13,)},  # row blocks of uneven sizes
 }
 
 
