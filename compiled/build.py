@@ -36,10 +36,10 @@ RESERVED = {"np", "math", "F", "njit", "range", "max", "min", "abs", "FAST", "pr
             "maximum", "pool_threads"} | set(elementary.HELPERS)
 # error_model="numpy": a float division by zero gives inf/NaN as IEEE says instead of a Python
 # ZeroDivisionError check, which kept every loop with a division from vectorizing
-JIT = '@njit(cache=True, fastmath=FAST, error_model="numpy")'
+JIT = '@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")'
 # a kernel with a prange loop (compiled/writer.py: parallelize). PRANGE_ONLY turns Numba's
 # other automatic conversions off: they would send a 128-element `dgamma[:] = 0` to the threads.
-JIT_PARALLEL = '@njit(cache=True, fastmath=FAST, error_model="numpy", parallel=PRANGE_ONLY)'
+JIT_PARALLEL = '@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy", parallel=PRANGE_ONLY)'
 
 
 def _prange_layer():

@@ -248,9 +248,8 @@ class MPIWorld(Local):
 # --- helpers --------------------------------------------------------------------------------
 def _rows(B: int, K: int, r: int) -> tuple[int, int]:
     """Rank r's rows lo:hi of a batch of B: B // K each, the first B % K ranks one more."""
-    q, m = divmod(B, K)
-    lo = r * q + min(r, m)
-    return lo, lo + q + (r < m)
+    from .shards import row_ranges
+    return row_ranges(B, K)[r]
 
 
 def _grad_buffer(opt) -> np.ndarray:

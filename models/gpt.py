@@ -123,6 +123,8 @@ def gpt_graph(cfg: GPTConfig, store, rng, B: int, T: int, loss: bool = True) -> 
 
 
 class GPT(GraphModel):
+    splits_by_rows = True  # sequences are independent, the loss is the mean over their tokens
+
     def __init__(self, cfg: GPTConfig, seed: int = 0):
         self.config = cfg
         super().__init__(cfg.dtype, seed)

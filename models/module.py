@@ -121,13 +121,25 @@ class GraphModel(Module):
         self._params = {n: Param(self.store.view(n), self.store.view(n, self.store.grad))
                         for n in self.store.spec}
 
+    # The batch (key[0] rows) is independent rows with the loss their mean: a step on n threads
+    # may run as n shards of rows, one a thread (models.shards). A subclass that says so must
+    # take each input's rows along its leading axis, in proportion to key[0].
+    splits_by_rows = False
+
     def step_for(self, key, loss: bool):
+        from . import threads
+        from .shards import ShardedStep
         from .step import Step
         train = self.training and loss
-        sk = (tuple(key), loss, train)
+        n = threads.most() if self.splits_by_rows and key[0] >= 2 else 1
+        n = min(n, key[0])
+        sk = (tuple(key), loss, train, n)
         step = self._steps.get(sk)
         if step is None:
-            step = Step(self.build(self.store, self._rng, *key, loss=loss), train=train)
+            if n > 1:
+                step = ShardedStep(self, tuple(key), n, train=train, loss=loss)
+            else:
+                step = Step(self.build(self.store, self._rng, *key, loss=loss), train=train)
             self._steps[sk] = step
         return step
 

@@ -313,8 +313,8 @@ class Plan:
             ups = {}
             for o in d.outputs:
                 ov = node.outs[o.name]
-                if ov.root is loss:  # d loss / d loss
-                    ups[d.upstream(o.name)] = "F(1.0)"
+                if ov.root is loss:  # d loss / d loss: the backward's seed, 1 unless a share (models.shards)
+                    ups[d.upstream(o.name)] = "F(seed)"
                 elif id(ov.root) in self.grad_region:
                     ups[d.upstream(o.name)] = grad_of(ov)
                 else:  # an output nothing downstream read: its gradient is zero

@@ -136,9 +136,10 @@ class StepSource:
                 f'        """Forward of {g.name}: every layer in order{"; returns the loss" if loss else ""}."""']
         src += fwd_lines
         src.append(f"        return {loss}[0]" if loss else "        return 0.0")
-        src += ["", "    def backward():",
+        src += ["", "    def backward(seed=1.0):",
                 f'        """Backward of {g.name}: the layers\' backward kernels in reverse order; each '
-                'parameter gradient is written into grads."""']
+                'parameter gradient is written into grads.',
+                "        seed: d(what is differentiated)/d loss (1; a shard's share of a batch's mean loss).\"\"\""]
         src += bwd_lines or ["        raise RuntimeError('this step was planned without a backward')"]
         src += ["", "    return forward, backward"]
         return "\n".join(src) + "\n"
@@ -149,9 +150,11 @@ def step_key(text_without_key: str) -> str:
 
 
 class Step:
-    """A printed, loaded step for one model graph (see the module docstring)."""
+    """A printed, loaded step for one model graph (see the module docstring). Its parameter
+    gradients go into the store's gradient buffer, or into `grads`, a buffer laid out like it
+    (a shard's own, models.shards)."""
 
-    def __init__(self, graph, train=True):
+    def __init__(self, graph, train=True, grads=None, tuned=True):
         self.plan = plan = Plan(graph, train)
         self.graph = graph
         store = graph.store
@@ -166,7 +169,7 @@ class Step:
         dt = graph.dtype
         self.acts = np.zeros(max(plan.acts.size, 1), dt)
         self.work = np.zeros(max(plan.work.size, 1), dt)
-        self.params, self.grads = store.flat, store.grad
+        self.params, self.grads = store.flat, (store.grad if grads is None else grads)
         self.input_buffers = {v.name: np.zeros(max(v.size, 1), np.int64 if v.integer else dt)  # flat, like arenas
                               for v in plan.inputs}
         bind = getattr(self.module, f"{printer.name}_step")
@@ -179,7 +182,7 @@ class Step:
             s = plan.slots[plan.value_slot[id(v)]]
             self.results[name] = self._view(s)
         self._ran = False
-        self.tuner = ThreadTuner()
+        self.tuner = ThreadTuner() if tuned else None  # a shard's threads are its ShardedStep's
 
     def _view(self, s):
         buf = {"acts": self.acts, "work": self.work, "params": self.params, "grads": self.grads}.get(s.buffer)
@@ -214,23 +217,26 @@ class Step:
 
     def forward(self, /, **inputs) -> float:  # /: an input may be named self
         self._load(inputs)
-        self.tuner.choose()
+        if self.tuner:
+            self.tuner.choose()
         t0 = time.perf_counter()
         loss = float(self._fwd())
         self._t = time.perf_counter() - t0
-        if not self.plan.train:
+        if not self.plan.train and self.tuner:
             self.tuner.record(self._t)
         self._ran = True
         return loss
 
-    def backward(self):
+    def backward(self, seed=1.0):
+        """The gradients of the last forward's loss times `seed` (1: the loss's own)."""
         if not self.plan.train:
             raise GraphError(f"{self.graph.name}: this step was planned without a backward")
         if not self._ran:
             raise GraphError(f"{self.graph.name}: backward() before forward()")
         t0 = time.perf_counter()
-        self._bwd()
-        self.tuner.record(self._t + time.perf_counter() - t0)
+        self._bwd(seed)
+        if self.tuner:
+            self.tuner.record(self._t + time.perf_counter() - t0)
 
 
 def _index_bounds(plan) -> dict:

@@ -54,8 +54,9 @@ class ThreadTuner:
     machine became idle: the next call tries again), and the next call explores when a call at
     the best count takes over `jump` times its estimate (the machine became busy)."""
 
-    def __init__(self, explore: int = 32, window: int = 3, longest: int = 512, jump: float = 1.5):
+    def __init__(self, explore: int = 32, window: int = 3, longest: int = 512, jump: float = 1.5, apply=None):
         self.explore, self.window, self.longest, self.jump = explore, window, longest, jump
+        self.apply = use if apply is None else apply  # what a chosen count does (a sharded step: its own)
         self.samples: dict[int, list] = {}  # count -> seconds of its last calls
         self.warm: set = set()
         self.calls = 0
@@ -90,7 +91,7 @@ class ThreadTuner:
                 self.exploring = True
             else:
                 self.n = best
-        use(self.n)
+        self.apply(self.n)
         return self.n
 
     def record(self, seconds: float):

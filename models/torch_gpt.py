@@ -81,16 +81,20 @@ def name_map(n_layer):
     return m
 
 
-def from_symgrad(model) -> TorchGPT:
-    """A TorchGPT with `model`'s config and a copy of its weights (dtype kept)."""
-    cfg = model.config
+def from_weights(cfg, weights: dict) -> TorchGPT:
+    """A TorchGPT of config `cfg` holding a copy of `weights` (symgrad parameter name -> array)."""
     tm = TorchGPT(cfg).to(getattr(torch, cfg.dtype))
     names = name_map(cfg.n_layer)
     params = dict(tm.named_parameters())
     with torch.no_grad():
-        for n, p in model.named_parameters():
-            params[names[n]].copy_(torch.from_numpy(np.array(p.data)))
+        for n, w in weights.items():
+            params[names[n]].copy_(torch.from_numpy(np.array(w)))
     return tm
+
+
+def from_symgrad(model) -> TorchGPT:
+    """A TorchGPT with `model`'s config and a copy of its weights (dtype kept)."""
+    return from_weights(model.config, {n: p.data for n, p in model.named_parameters()})
 
 
 def torch_grads(model, tm) -> dict:
@@ -108,15 +112,16 @@ PEERS = {
 }
 
 
-def make_peer(model, kind: str, lr: float = 1e-3):
-    """One PyTorch peer of a symgrad GPT: (step, description), its own copy of `model`'s weights.
+def make_peer(cfg, weights: dict, kind: str, lr: float = 1e-3):
+    """One PyTorch peer of a symgrad GPT of config `cfg`: (step, description), on its own copy of
+    `weights` (symgrad parameter name -> array).
 
     `step(idx, targets)` is one training step: zero_grad, forward + loss, backward, AdamW step
     (weight decay 0, as the bench's symgrad side). "compile" wraps the module in `torch.compile`:
     its first calls compile (seconds to minutes); warm it up before timing it."""
     if kind not in PEERS:
         raise ValueError(f"unknown peer '{kind}'; one of: {', '.join(PEERS)}")
-    tm = from_symgrad(model)
+    tm = from_weights(cfg, weights)
     opt_kw = {"fused": True} if kind == "fused" else {"foreach": True}
     opt = torch.optim.AdamW(tm.parameters(), lr=lr, weight_decay=0.0, **opt_kw)
     fwd = torch.compile(tm) if kind == "compile" else tm
@@ -129,4 +134,4 @@ def make_peer(model, kind: str, lr: float = 1e-3):
     return step, f"{torch.__version__} {PEERS[kind]}"
 
 
-__all__ = ["TorchGPT", "from_symgrad", "torch_grads", "name_map", "math", "PEERS", "make_peer"]
+__all__ = ["TorchGPT", "from_weights", "from_symgrad", "torch_grads", "name_map", "math", "PEERS", "make_peer"]

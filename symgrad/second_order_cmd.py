@@ -41,7 +41,8 @@ def _parse(p, argv, prog):
 def bench_hvp_main(argv) -> int:
     p = Parser(prog="symgrad bench hvp",
                description="The reference GPT's Hessian-vector product (loss, gradient and H v) against "
-                           "PyTorch's double backward, interleaved in rounds: the ratio with its spread.")
+                           "PyTorch's double backward, each in a process of its own, interleaved in rounds: "
+                           "the ratio with its spread.")
     p.add_argument("--rounds", type=_positive_int, default=5)
     p.add_argument("--steps", type=_positive_int, default=3, help="HVPs per round and side")
     p.add_argument("--threads", type=_positive_int, default=min(2, os.cpu_count() or 1))
@@ -51,7 +52,11 @@ def bench_hvp_main(argv) -> int:
     if a is None:
         return 2
     from models import bench_hvp
-    res = bench_hvp.run(a, batch=a.batch or bench_hvp.BATCH)
+    from models.sides import SideError
+    try:
+        res = bench_hvp.run(a, batch=a.batch or bench_hvp.BATCH)
+    except SideError as e:  # its first line names the side and what failed (torch not installed)
+        return _fail("symgrad bench hvp", str(e).splitlines()[0])
     print(bench_hvp.report(res, a.json))
     return 0
 

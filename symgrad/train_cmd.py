@@ -360,9 +360,10 @@ def _bench_parser():
 
     cores = os.cpu_count() or 1
     p = Parser(prog="symgrad bench train",
-               description="Training-step speed of symgrad's reference GPT against PyTorch, interleaved in "
-                           "rounds in one run: each ratio with its per-round spread, the step's GEMM floor, "
-                           "MFU against an sgemm peak measured in the same run, and peak memory.")
+               description="Training-step speed of symgrad's reference GPT against PyTorch, each side in a "
+                           "process of its own, interleaved in rounds in one run: each ratio with its per-round "
+                           "spread, the step's GEMM floor, MFU against an sgemm peak measured in the same run, "
+                           "and peak memory.")
     p.add_argument("--peer", default="eager", metavar="eager|fused|compile|all",
                    help="the PyTorch side(s): eager (SDPA, AdamW foreach), fused (AdamW fused), compile "
                         "(torch.compile, warmed up first), all; or a comma-separated list (default: eager)")
@@ -383,11 +384,15 @@ def bench_main(argv) -> int:
     except UsageError as e:
         return _fail("symgrad bench", e)
     from models import bench
+    from models.sides import SideError
     try:
         a.peer = bench.parse_peers(a.peer)
     except ValueError as e:
         return _fail("symgrad bench", f"argument --peer: {e}")
-    return bench.main(a)
+    try:
+        return bench.main(a)
+    except SideError as e:  # its first line names the side and what failed (torch not installed)
+        return _fail("symgrad bench", str(e).splitlines()[0])
 
 
 __all__ = ["train_main", "sample_main", "bench_main"]

@@ -45,40 +45,63 @@ def _tiny():
 
 
 def test_floor_gemms_are_the_products_the_reference_step_prints():
+    from models import threads
     from models.gpt import GPT, GPTConfig
 
-    g = bench.floor_gemms(GPT(GPTConfig(), seed=0), (12, 64))
+    threads.set_most(1)  # one thread: the step is not split, its large products run in row blocks
+    try:
+        g = bench.floor_gemms(GPT(GPTConfig(), seed=0), (12, 64))
+    finally:
+        threads.set_most(None)
     assert bench.matmul_flops(g) == 3_964_207_104  # 3.96 GFLOP in matmuls (notes/performance-baseline)
     # per block: 4 linears x 3 products, and attention's 6 per sequence (12 x 4 heads); lm_head 3
     assert sum(x[6] for x in g) == 4 * 4 * 3 + 3 + 12 * 4 * 4 * 6
     # the linears' products in row blocks, one per thread
-    assert ("blocks.0.attn.c_attn forward", 768, 128, 384, False, False, 1, "rows") in g  # x @ W
-    assert ("blocks.3.mlp.c_proj backward", 512, 768, 128, True, False, 1, "rows") in g  # dW = x.T @ g
-    assert ("lm_head backward", 768, 65, 128, False, True, 1, "rows") in g  # dX = g @ W.T
+    assert ("blocks.0.attn.c_attn forward", 768, 128, 384, False, False, 1, "rows", 0) in g  # x @ W
+    assert ("blocks.3.mlp.c_proj backward", 512, 768, 128, True, False, 1, "rows", 0) in g  # dW = x.T @ g
+    assert ("lm_head backward", 768, 65, 128, False, True, 1, "rows", 0) in g  # dX = g @ W.T
     # attention's dk = gS.T @ q, per sequence, each on one thread
-    assert ("blocks.2.attn.attn backward", 64, 64, 32, True, False, 48, "batch") in g
+    assert ("blocks.2.attn.attn backward", 64, 64, 32, True, False, 48, "batch", 0) in g
+
+
+def test_floor_gemms_of_a_step_in_shards_are_each_shards_on_its_lane():
+    from models import threads
+    from models.gpt import GPT, GPTConfig
+
+    threads.set_most(2)
+    try:
+        g = bench.floor_gemms(GPT(GPTConfig(), seed=0), (12, 64))
+    finally:
+        threads.set_most(None)
+    assert bench.matmul_flops(g) == 3_964_207_104  # the same products, in two halves
+    assert {x[8] for x in g} == {0, 1} and all(x[7] == "" for x in g)
+    for lane in (0, 1):  # 6 sequences each
+        assert ("blocks.0.attn.c_attn forward", 384, 128, 384, False, False, 1, "", lane) in g
+        assert ("blocks.2.attn.attn backward", 64, 64, 32, True, False, 24, "", lane) in g
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_floor_computes_the_listed_products(threads):
     import numba
 
-    gemms = [("nn", 3, 4, 5, False, False, 2, ""), ("nt", 2, 3, 4, False, True, 1, "rows"),
-             ("tn", 4, 3, 2, True, False, 3, "batch"), ("tt", 7, 2, 5, True, True, 1, "rows")]
-    run = bench.build_floor(gemms)
-    was = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
-        run()
-    finally:
-        numba.set_num_threads(was)
-    A, B, O, table = run.buffers
-    assert len(table) == 7
-    for M, K, N, ta, tb, oa, ob, oo in table:
-        a = A[oa:oa + M * K].reshape((K, M) if ta else (M, K))
-        b = B[ob:ob + K * N].reshape((N, K) if tb else (K, N))
-        want = (a.T if ta else a) @ (b.T if tb else b)
-        np.testing.assert_allclose(O[oo:oo + M * N].reshape(M, N), want, rtol=1e-5, atol=1e-6)
+    gemms = [("nn", 3, 4, 5, False, False, 2, "", 0), ("nt", 2, 3, 4, False, True, 1, "rows", 0),
+             ("tn", 4, 3, 2, True, False, 3, "batch", 0), ("tt", 7, 2, 5, True, True, 1, "rows", 0)]
+    lanes = [(*g[:7], "", lane) for lane in (0, 1) for g in gemms]  # a step in two shards
+    for table in (gemms, lanes):
+        run = bench.build_floor(table)
+        was = numba.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            run()
+        finally:
+            numba.set_num_threads(was)
+        A, B, O, rows = run.buffers
+        assert len(rows) == sum(g[6] for g in table)
+        for M, K, N, ta, tb, oa, ob, oo in rows:
+            a = A[oa:oa + M * K].reshape((K, M) if ta else (M, K))
+            b = B[ob:ob + K * N].reshape((N, K) if tb else (K, N))
+            want = (a.T if ta else a) @ (b.T if tb else b)
+            np.testing.assert_allclose(O[oo:oo + M * N].reshape(M, N), want, rtol=1e-5, atol=1e-6)
 
 
 def test_parse_peers():
@@ -118,7 +141,7 @@ def test_load_processes_start_and_are_killed():
 
 @needs_torch
 def test_bench_json_shape(capsys, keep_threads):
-    assert bench.main(_args(load=1), cfg=_tiny(), batch=2, memory=False) == 0
+    assert bench.main(_args(load=1), cfg=_tiny(), batch=2) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["load"] == 1 and len(bench.LAST_LOAD) == 1 and bench.LAST_LOAD[0].poll() is not None
     assert list(res["peers"]) == ["eager"]
@@ -131,22 +154,32 @@ def test_bench_json_shape(capsys, keep_threads):
         assert res[k] > 0, k
     assert res["speedup"] == eager["speedup"] and res["torch_ms_per_step"] == eager["ms_per_step"]
     assert res["config"]["n_embd"] == 32 and not res["reference_config"]
+    assert res["symgrad_peak_mem_mib"] > 0 and eager["peak_mem_mib"] > 0  # each side's own process
 
 
 @needs_torch
 def test_bench_text(capsys, keep_threads):
-    assert bench.main(_args(json=False, profile=True, peer=("eager", "fused")), cfg=_tiny(), batch=2,
-                      memory=False) == 0
+    assert bench.main(_args(json=False, profile=True, peer=("eager", "fused")), cfg=_tiny(), batch=2) == 0
     out = capsys.readouterr().out
     for s in ("symgrad ", "torch eager", "torch fused", "GEMM floor", "symgrad/floor",
               "MFU counts matmul FLOPs only", "speedup"):
         assert s in out, s
 
 
-@needs_torch
-def test_memory_child(keep_threads):
-    r = bench._memory_child("eager", _tiny().as_dict(), 2, 1, 1)
-    assert r["peak_mib"] >= r["baseline_mib"] > 0 and r["growth_mib"] >= 0
+def test_a_side_runs_in_its_own_process_and_its_errors_come_back():
+    from models.sides import Side, SideError
+
+    with pytest.raises(SideError, match="side 'bad'.*ModuleNotFoundError"):
+        Side("bad", "no_such_module:calls", ())
+    s = Side("rss", "tests.bench_side:calls", (4,))
+    try:
+        assert s.ask("pid") != os.getpid()
+        assert s.time("grow", 3) > 0 and s.ask("memory") >= 6  # three 4 MiB blocks held
+        with pytest.raises(SideError, match="ZeroDivisionError"):
+            s.ask("fail")
+        assert s.ask("pid") != os.getpid()  # still serving after a failed call
+    finally:
+        s.close()
 
 
 @needs_torch
