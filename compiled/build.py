@@ -25,7 +25,7 @@ from derive.functions import Iverson, MaxOver
 
 from . import elementary
 from .blas import CACHE_TAG as BLAS_TAG, backend as blas_backend
-from .lower import Dot, Lowerer
+from .lower import Lowerer
 from .printer import no_rule
 from .version import GENERATOR_VERSION
 from .writer import KernelWriter, helper_imports, helper_source

@@ -306,7 +306,7 @@ def _report(a, res):
           f"  symgrad/floor {res['symgrad_over_floor']:.2f}x  ({res['floor_gemm_calls']} GEMMs, {res['floor_gemm']})")
     print(f"  MFU counts matmul FLOPs only: {res['matmul_gflop_per_step']:.2f} GFLOP/step, over an sgemm peak of "
           f"{res['sgemm_peak_gflops']:.0f} GFLOP/s ({'x'.join(map(str, res['sgemm_peak_shape']))}, best call this run)")
-    print(f"  speedup = torch ms / symgrad ms per round, median (min-max); peers: "
+    print("  speedup = torch ms / symgrad ms per round, median (min-max); peers: "
           + "; ".join(f"{p}: {r['torch']}" for p, r in res["peers"].items()))
     if "compile" in res["peers"]:
         c = res["peers"]["compile"]

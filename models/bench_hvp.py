@@ -13,7 +13,6 @@ does; speedup is torch_ms / symgrad_ms.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 
 import numpy as np

@@ -124,6 +124,7 @@ class ShardedStep:
         self.rows = rows
         self.tuner = ThreadTuner(apply=lambda count: None)  # the count is how many shards run at once
         self._ran = False
+        self._joined = {}  # result name -> the buffer its shards' rows are copied into
 
     def _split(self, inputs: dict) -> list:
         """Each shard's part of every input: the rows of its leading axis in proportion."""
@@ -186,8 +187,10 @@ class ShardedStep:
             parts = [s.results[name] for s in self.steps]
             if values[name].shape == ():
                 out[name] = np.asarray(sum(w * p for w, p in zip(self.shares, parts)))
-            else:
-                out[name] = np.concatenate(parts)
+                continue
+            if name not in self._joined:  # allocated once: a step in steady state allocates nothing
+                self._joined[name] = np.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), parts[0].dtype)
+            out[name] = np.concatenate(parts, out=self._joined[name])
         return out
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-import compiled
 from compiled import cache
 
 from .graph import GraphError
