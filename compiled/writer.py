@@ -415,7 +415,8 @@ class KernelWriter:
             v = self.row_index(st)
             stem = self.names.get(v, "row") if v is not None else "row"
             r0, r1 = self.ident(f"{stem}_lo"), self.ident(f"{stem}_hi")
-            rows = print_index(self.printed_rows(st), self.names)
+            rows = self.printed_rows(st)
+            rows = print_index(rows, self.names) if rows.is_Atom else f"({print_index(rows, self.names)})"
             body.rest.append(f"{r0} = {blk} * {rows} // {nt}")
             body.rest.append(f"{r1} = ({blk} + 1) * {rows} // {nt}")
             self.dot(st, body, rows=(r0, r1), pre=par, mode="rows")

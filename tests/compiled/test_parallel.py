@@ -165,6 +165,9 @@ CASES = {
     "cross_entropy": {"logits": (700, 65)},
     "attention": {"q": (6, 16, 8), "k": (6, 16, 8), "v": (6, 16, 8)},  # products on one thread each
     "linear": {"x": (37, 20), "W": (20, 13), "b": (13,)},  # row blocks of uneven sizes
+    # dW's rows are H + I: a block's first row is block * (H + I) // threads (printed without the
+    # parentheses once, which wrote past dW)
+    "lstm_cell": {"x": (37, 5), "h_prev": (37, 6), "c_prev": (37, 6), "W": (11, 4, 6), "b": (4, 6)},
 }
 
 
