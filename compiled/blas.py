@@ -5,9 +5,10 @@
     gemm_acc(a, b, out, alpha=1)  out += alpha * a @ b  (beta = 1: accumulated in place)
 
 a, b are 2-D float32 or float64 arrays whose rows or columns are contiguous (a C array, its
-transpose `x.T`, a slice of rows); out is C-contiguous, as np.dot's out must be. The layout of a
-and b is read from their strides at run time (a few integer operations beside a GEMM) and
-becomes CBLAS's transpose flags and leading dimensions; anything else goes to `np.dot`.
+transpose `x.T`, a slice of rows, a head's rows q[b, :, h, :] of a (B, T, H, D) array); out's
+rows are contiguous (a C array, or such a slice: its row stride is CBLAS's ldc). The layouts
+are read from the strides at run time (a few integer operations beside a GEMM) and become
+CBLAS's transpose flags and leading dimensions; anything else goes to `np.dot`.
 `SYMGRAD_BLAS=openblas` keeps `np.dot` with MKL installed.
 
 MKL is reached through Numba's `ExternalFunction` on a symbol registered with llvmlite, not a
@@ -121,8 +122,6 @@ def _cblas_gemm(a, b, out, alpha, beta):
 
 @overload(_cblas_gemm)
 def _cblas_gemm_typed(a, b, out, alpha, beta):
-    if out.layout != "C":
-        raise TypingError("gemm: out must be C-contiguous (as np.dot's out)")
     if _MKL is None or not a.dtype == b.dtype == out.dtype or out.dtype not in _XGEMM:
         return lambda a, b, out, alpha, beta: False
     xgemm, real = _XGEMM[out.dtype]
@@ -134,19 +133,34 @@ def _cblas_gemm_typed(a, b, out, alpha, beta):
             raise ValueError("gemm: shapes do not match")
         a_rows, lda = _storage(a)
         b_rows, ldb = _storage(b)
-        if lda == 0 or ldb == 0:
+        o_rows, ldc = _storage(out)
+        if lda == 0 or ldb == 0 or ldc == 0 or not o_rows:
             return False
         xgemm(ROW_MAJOR, NO_TRANS if a_rows else TRANS, NO_TRANS if b_rows else TRANS, m, n, k,
-              real(alpha), a.ctypes, lda, b.ctypes, ldb, real(beta), out.ctypes, max(n, 1))
+              real(alpha), a.ctypes, lda, b.ctypes, ldb, real(beta), out.ctypes, ldc)
         return True
     return impl
+
+
+def _dot_into(a, b, out):
+    """out[...] = a @ b through np.dot (into out itself when it is C-contiguous)."""
+
+
+@overload(_dot_into)
+def _dot_into_typed(a, b, out):
+    if out.layout == "C":
+        return lambda a, b, out: np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+
+    def strided(a, b, out):  # a part of a larger array (a head's rows): np.dot writes C arrays only
+        out[...] = np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
+    return strided
 
 
 @njit
 def dot_gemm(a, b, out, alpha=1.0):
     """gemm through np.dot: without MKL, or for operands CBLAS cannot take (a row block of a
     transposed operand, x.T[k0:k1], is copied contiguous first)."""
-    np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+    _dot_into(a, b, out)
     if alpha != 1.0:
         out *= alpha
 

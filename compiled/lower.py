@@ -420,15 +420,18 @@ class Lowerer:
 
     @staticmethod
     def layout_ok(idx, batch, groups):
-        """idx = batch (in order) + one group + the other, each group contiguous."""
+        """idx = batch (in order) + one group + the other, each group contiguous; or, each group
+        a single index, the batch indices anywhere: per batch element a strided 2-D slice (a
+        head's rows q[b, :, h, :] of a (B, T, H, D) array, compiled/blas.py takes its row
+        stride), no copy."""
         nb = len(batch)
-        if tuple(idx[:nb]) != tuple(batch):
-            return False
-        # each group in the order of the product's own (the writer reshapes the two groups to a
-        # matrix: a group stored in another order would be read as a different matrix)
-        rest = tuple(idx[nb:])
         g0, g1 = tuple(groups[0]), tuple(groups[1])
-        return rest in (g0 + g1, g1 + g0)
+        if tuple(idx[:nb]) == tuple(batch):
+            # each group in the order of the product's own (the writer reshapes the two groups to
+            # a matrix: a group stored in another order would be read as a different matrix)
+            return tuple(idx[nb:]) in (g0 + g1, g1 + g0)
+        rest = tuple(i for i in idx if i not in set(batch))
+        return nb > 0 and len(g0) == len(g1) == 1 and rest in (g0 + g1, g1 + g0)
 
     def plan(self, s):
         m = self.match(s)
@@ -486,31 +489,50 @@ class Lowerer:
         cands = []
         for t in terms:
             reads = [f for f in sp.Mul.make_args(t) if isinstance(f, sp.Indexed)]
-            if len(reads) == 1 and tuple(reads[0].indices) == tuple(idx) and \
-                    str(reads[0].base.label) in temps and not self.ivars(t / reads[0]):
+            if len(reads) == 1 and str(reads[0].base.label) in temps and not self.ivars(t / reads[0]) \
+                    and self._writes_at(str(reads[0].base.label), reads[0].indices, idx):
                 cands.append(reads[0])
         for t in cands:
             ref = sp.IndexedBase(target, real=True)[tuple(idx)]
             rest = expr.xreplace({t: ref})
             scale = sp.simplify(rest / ref) if len(terms) == 1 else None  # expr = scale * product
-            if scale is not None and scale != 1 and self._retarget(str(t.base.label), target, keep_key=False):
+            if scale is not None and scale != 1 and self._retarget(str(t.base.label), target, False, idx):
                 dot = next(st for st in self.out.stmts if isinstance(st, Dot) and st.out == target)
                 dot.alpha = dot.alpha * scale  # S = sum_c(q k)/sqrt(D): alpha, not a pass over S
                 return None
-            if self._retarget(str(t.base.label), target, keep_key=(rest == ref)):
+            if self._retarget(str(t.base.label), target, rest == ref, idx):
                 return None if rest == ref else rest
         return expr
 
-    def _retarget(self, name, target, keep_key):
+    def _writes_at(self, name, read, idx):
+        """Can the product computing temp `name`, read at `read`, write straight into a target
+        at `idx`: the same indices, in the same order or (each of its groups a single index)
+        with its batch indices anywhere (y[b, i, h, c] = sum_j P[b, h, i, j] v[b, j, h, c]: a
+        head's rows of y, no copy)."""
+        if tuple(read) == tuple(idx):
+            return True
+        if set(read) != set(idx) or len(set(idx)) != len(idx):
+            return False
+        dots = [st for st in self.out.stmts if isinstance(st, Dot) and st.out == name]
+        if len(dots) != 1 or tuple(dots[0].out_idx) != tuple(read):
+            return False
+        st = dots[0]
+        return self.layout_ok(tuple(idx), st.batch, (st.M, st.N))
+
+    def _retarget(self, name, target, keep_key, idx):
+        """Make the one product computing temp `name` write `target` at `idx` instead."""
         stmts = [st for st in self.out.stmts if isinstance(st, Dot) and st.out == name]
         if len(stmts) != 1 or name not in {t.name for t in self.out.temps}:
             return False
         if sum(1 for st in self.out.stmts if _reads(st, name)) > 0:
             return False
-        # retarget: the dot writes the kernel's own output
+        moved = tuple(stmts[0].out_idx) != tuple(idx)
+        if moved and any(isinstance(st, Nest) and st.target == name for st in self.out.stmts):
+            return False  # a loop also writes the temp, in its own order of indices
+        # retarget: the dot writes the kernel's own output (in the output's order of indices)
         for st in self.out.stmts:
             if isinstance(st, Dot) and st.out == name:
-                st.out = target
+                st.out, st.out_idx = target, tuple(idx)
             if isinstance(st, Nest) and st.target == name:
                 st.target = target
                 st.expr = st.expr.xreplace({sp.IndexedBase(name, real=True): sp.IndexedBase(target, real=True)})

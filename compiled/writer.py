@@ -542,19 +542,26 @@ class KernelWriter:
             return print_index(sp.Mul(*[self.extent_of(st, v) for v in group]), self.names)
 
         def mat(name, idx, g0, g1):
-            """name[batch] as a 2-D (g0, g1) matrix (a transposed view when stored (g1, g0))."""
+            """name[batch] as a 2-D (g0, g1) matrix (a transposed view when stored (g1, g0)); with
+            the batch indices not leading, the slice of one batch element, name[b, :, h, :]."""
             base = self.names.get(name, name)
-            if st.batch:
-                base += "[" + ", ".join(self.names[v] for v in st.batch) + "]"
-            rest = tuple(idx[len(st.batch):])
+            if tuple(idx[:len(st.batch)]) == tuple(st.batch):
+                if st.batch:
+                    base += "[" + ", ".join(self.names[v] for v in st.batch) + "]"
+            else:
+                base += "[" + ", ".join(self.names[v] if v in st.batch else ":" for v in idx) + "]"
+            rest = _rest(idx)
             stored = (g0, g1) if rest[:len(g0)] == tuple(g0) else (g1, g0)
             if len(rest) != 2:
                 base = f"{base}.reshape({size(stored[0])}, {size(stored[1])})"
             return base if stored[0] == tuple(g0) else f"{base}.T"
 
+        def _rest(idx):
+            return tuple(v for v in idx if v not in st.batch)
+
         a = mat(st.a, st.a_idx, st.M, st.K)
         b = mat(st.b, st.b_idx, st.K, st.N)
-        o_rest = tuple(st.out_idx[len(st.batch):])
+        o_rest = _rest(st.out_idx)
         M, K, N = (sp.Mul(*[sp.sympify(self.extent_of(st, v)) for v in g]) for g in (st.M, st.K, st.N))
         if o_rest[:len(st.M)] == tuple(st.M):
             o = mat(st.out, st.out_idx, st.M, st.N)

@@ -4,19 +4,21 @@
                   -> n_layer x Block: x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))
                   -> ln_f -> lm_head -> logits (B, T, V) -> cross-entropy
 
-attn: one linear to q, k, v (C -> 3C), whose (B T, 3C) output viewed as (B, T, 3, H, D) is moved
-into per-head q, k, v (B, H, T, D) by `split_heads`, causal attention on the B H sequences,
-`merge_heads` back to (B, T, H, D) = (B T, C) rows, a linear projection (C -> C). The two head
-layers are defined here by their forward expression only (a copy each); their gradients, the
-inverse copies, are derived like every other. mlp is linear C -> 4C, GELU, linear 4C -> C.
-`gpt_graph` is the whole model, forward only; its training step is planned (`models.plan`) and
-printed (`models.step`), and the backward, the residual stream's sums included, comes from that
-graph.
+attn: one linear to q, k, v (C -> 3C); its (B T, 3C) output viewed as (B, T, 3, H, D) is unbound
+along the 3 into q, k, v, each (B, T, H, D) and a strided view of it (no copy); causal attention
+per head on that layout (`attention_heads`: a head's rows q[b, :, h, :] are read in place, the
+output written in the same layout), which viewed as (B T, C) rows is the input of the projection
+(C -> C). The head split and merge are views: their gradients are the same views of the
+gradients, each of dq, dk, dv written by attention's backward where it lies in d(qkv). mlp is
+linear C -> 4C, GELU, linear 4C -> C. `gpt_graph` is the whole model, forward only; its training
+step is planned (`models.plan`) and printed (`models.step`), and the backward, the residual
+stream's sums included, comes from that graph.
 
-Measured (2026-12-01, one thread, per block, forward + backward): the derived
-`multihead_attention` layer, projections included, 6.4 ms; this split form 3.5 ms (its
-attention kernel works on contiguous (T, D) rows per sequence; the single layer's 4-D loops and
-three narrow projections did not).
+Measured (2026-12-06, 2-vCPU AMD EPYC VM, one thread, the reference batch): the heads as views
+save the two copies a layer did before, split_heads (0.18 ms forward, 0.25 backward at batch 6)
+and merge_heads (0.07, 0.04); the derived `multihead_attention` layer, projections included,
+stays slower than this split form (its 4-D loops and three narrow projections; 6.4 ms against
+3.5 per block, measured 2026-12-01).
 """
 
 from __future__ import annotations
@@ -25,37 +27,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-import derive
-
 from .graph import ModelGraph
 from .module import GraphModel
-
-
-def split_heads(G):
-    """Per-head q, k, v (B, H, T, D) from the (B, T, 3, H, D) view of the q|k|v projection."""
-    B, T, H, D = G.dims("B T H D")
-    qkv = G.input("qkv", (B, T, 3, H, D))
-    b, h, i, c = G.indices(b=B, h=H, i=T, c=D)
-    G.output(*(G.bind(n, (b, h, i, c), qkv[b, i, s, h, c]) for s, n in enumerate("qkv")))
-
-
-def merge_heads(G):
-    """Per-head outputs (B, H, T, D) back to rows (B, T, H, D)."""
-    B, H, T, D = G.dims("B H T D")
-    y = G.input("y", (B, H, T, D))
-    b, h, i, c = G.indices(b=B, h=H, i=T, c=D)
-    G.output(G.bind("m", (b, i, h, c), y[b, h, i, c]))
-
-
-_HEADS: dict = {}
-
-
-def head_layers():
-    """(split_heads, merge_heads) derivations, derived once per process."""
-    if not _HEADS:
-        _HEADS["split"] = derive.define("split_heads", split_heads)
-        _HEADS["merge"] = derive.define("merge_heads", merge_heads)
-    return _HEADS["split"], _HEADS["merge"]
 
 
 @dataclass
@@ -77,7 +50,6 @@ def gpt_graph(cfg: GPTConfig, store, rng, B: int, T: int, loss: bool = True) -> 
     first use); with `loss`, the mean cross-entropy of `targets` is the loss."""
     C, H, L, V = cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.vocab_size
     N, D = B * T, cfg.n_embd // cfg.n_head
-    split, merge = head_layers()
     G = ModelGraph("gpt", cfg.dtype, store)
 
     def normal(std):
@@ -104,9 +76,8 @@ def gpt_graph(cfg: GPTConfig, store, rng, B: int, T: int, loss: bool = True) -> 
                            b=G.param(p + name + ".b", (n_out,)))
 
         qkv = linear("attn.c_attn", ln("ln_1", x), C, 3 * C, normal(0.02))
-        q, k, v = G.layer(split, p + "attn.heads", qkv=G.view(qkv, (B, T, 3, H, D)))
-        y = G.layer("attention", p + "attn.attn", **{n: G.view(t, (B * H, T, D)) for n, t in zip("qkv", (q, k, v))})
-        y = G.layer(merge, p + "attn.merge", y=G.view(y, (B, H, T, D)))
+        q, k, v = G.unbind(G.view(qkv, (B, T, 3, H, D)), 2, [p + "attn." + n for n in "qkv"])
+        y = G.layer("attention_heads", p + "attn.attn", q=q, k=k, v=v)
         x = G.layer("residual", p + "res_1", a=x, b=linear("attn.c_proj", G.view(y, (N, C)), C, C, proj))
         h = linear("mlp.c_fc", ln("ln_2", x), C, 4 * C, normal(0.02))
         h = G.layer(cfg.gelu, p + "mlp.act", x=h)

@@ -11,7 +11,9 @@
 Every value has a concrete shape: a graph is one configuration of a model (batch and sequence
 length fixed), which `models.plan` turns into buffers and a call order and `models.step` prints.
 `G.view(v, shape)` is a reshape that shares `v`'s buffer (its gradient is the same reshape of
-`v`'s gradient); there is no other way to move data between layers than a layer, so every
+`v`'s gradient); `G.unbind(v, axis)` gives the slices of `v` along an axis, strided views of its
+buffer (the GPT's q, k, v of its (B, T, 3, H, D) projection; each slice's gradient is the same
+slice of `v`'s gradient); there is no other way to move data between layers than a layer, so every
 gradient the model computes comes from a derived layer's printed backward kernel, and where a
 value is read by several layers the planner adds the contributions (the chain rule's sum over
 uses, read off this graph).
@@ -48,6 +50,8 @@ class Value:
     binding: str = ""  # the producing layer's binding this value is
     offset: int = 0
     parts: list = field(default_factory=list)  # a stack: the values laid out in it, in order
+    axis: int | None = None  # a slice of base along this axis (G.unbind), at `index`
+    index: int = 0
 
     @property
     def root(self) -> "Value":
@@ -55,8 +59,21 @@ class Value:
 
     @property
     def start(self) -> int:
-        """Offset (elements) in the root's buffer."""
+        """Offset (elements) in the root's buffer of a value whose elements are one run there."""
+        if self.strided:
+            raise GraphError(f"{self.name} is a slice along an axis: its elements are not one run")
         return self.offset + (self.base.start if self.base is not None else 0)
+
+    @property
+    def strided(self) -> bool:
+        """A slice along an axis (G.unbind), or part of one: its elements are not one run."""
+        return self.axis is not None or (self.base is not None and self.base.strided)
+
+    def view_of(self, flat):
+        """This value's elements within `flat`, its root's flat buffer: a view of it."""
+        if self.axis is not None:
+            return self.base.view_of(flat)[(slice(None),) * self.axis + (self.index,)]
+        return flat[self.start:self.start + max(self.size, 1)].reshape(self.shape)
 
     @property
     def producers(self) -> list:
@@ -181,6 +198,8 @@ class ModelGraph:
     def view(self, v: Value, shape, name=None) -> Value:
         """`v` reshaped (no copy; the gradient is the same reshape of v's gradient)."""
         shape = tuple(int(s) for s in shape)
+        if v.strided:
+            raise GraphError(f"{self.name}: cannot view {v.name}, a slice along an axis, as {shape}")
         if int(np.prod(shape, dtype=np.int64)) != v.size:
             raise GraphError(f"{self.name}: cannot view {v.name} {v.shape} as {shape}")
         return self._new(Value(name or f"{v.name}:{'x'.join(map(str, shape))}", shape, v.kind, v.integer,
@@ -188,11 +207,25 @@ class ModelGraph:
 
     def row(self, v: Value, i: int, name=None) -> Value:
         """v[i] (a contiguous part: no copy; its gradient is the same part of v's gradient)."""
-        if not v.shape or not 0 <= i < v.shape[0]:
+        if not v.shape or not 0 <= i < v.shape[0] or v.strided:
             raise GraphError(f"{self.name}: {v.name} {v.shape} has no row {i}")
         shape = v.shape[1:]
         n = int(np.prod(shape, dtype=np.int64))
         return self._new(Value(name or f"{v.name}[{i}]", shape, v.kind, v.integer, base=v, offset=i * n))
+
+    def unbind(self, v: Value, axis: int, names=None) -> tuple:
+        """The slices of v along `axis`, each of v's shape without that axis: strided views of v's
+        buffer (no copy; each slice's gradient is the same slice of v's gradient). The GPT takes
+        q, k, v as the three slices of its projection viewed (B, T, 3, H, D)."""
+        if v.strided or not 0 <= axis < len(v.shape):
+            raise GraphError(f"{self.name}: cannot unbind {v.name} {v.shape} along axis {axis}")
+        shape = v.shape[:axis] + v.shape[axis + 1:]
+        n = v.shape[axis]
+        names = names or [f"{v.name}[{':, ' * axis}{i}]" for i in range(n)]
+        if len(names) != n:
+            raise GraphError(f"{self.name}: {v.name} has {n} slices along axis {axis}, {len(names)} names given")
+        return tuple(self._new(Value(nm, shape, v.kind, v.integer, base=v, axis=axis, index=i))
+                     for i, nm in enumerate(names))
 
     def stack(self, values: list, name: str) -> Value:
         """One value (len(values), *shape) whose rows are `values`: each layer writes its output

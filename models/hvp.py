@@ -71,9 +71,9 @@ class ModelHVP:
                 grad[id(p)] = st.view(p.name, gflat).reshape(-1)
                 gtan[id(p)] = st.view(p.name, hflat).reshape(-1)
 
-        def arr(store, x):
-            a = store[id(x.root)][x.start:x.start + x.size]
-            return float(a[0]) if x.shape == () else a.reshape(x.shape)
+        def arr(store, x):  # a slice along an axis (G.unbind) as a C array: the kernels' API wants one
+            a = x.view_of(store[id(x.root)])
+            return float(a) if x.shape == () else np.ascontiguousarray(a)
 
         # forward, then the tangent forward (nodes in declaration order: topological)
         for node in g.nodes:
@@ -157,7 +157,7 @@ class ModelHVP:
         r = x.root
         if id(r) not in store:
             store[id(r)] = np.zeros(max(r.size, 1), self.dtype)
-        store[id(r)][x.start:x.start + max(x.size, 1)] = np.asarray(data, self.dtype).reshape(-1)
+        x.view_of(store[id(r)])[...] = np.asarray(data, self.dtype).reshape(x.shape)
 
     def _accumulate(self, store, node, wanted, contributions):
         """Add each wanted argument's contribution into its root's gradient (the sum over uses)."""
@@ -166,7 +166,7 @@ class ModelHVP:
             r = x.root
             if id(r) not in store:
                 store[id(r)] = np.zeros(max(r.size, 1), self.dtype)
-            store[id(r)][x.start:x.start + max(x.size, 1)] += np.asarray(contributions[a], self.dtype).reshape(-1)
+            x.view_of(store[id(r)])[...] += np.asarray(contributions[a], self.dtype).reshape(x.shape)
 
 
 def _zeros(x: Value, dtype):

@@ -67,15 +67,36 @@ def identity_grads(d) -> set:
 
 
 class Slot:
-    """A named view: `buffer[offset:offset+size].reshape(shape)`; the buffer is an arena
-    ("params", "grads", "acts", "work") or an input's own buffer."""
+    """A named view of a buffer, an arena ("params", "grads", "acts", "work") or an input's own:
+    `buffer[offset:offset+size].reshape(shape)`; or, with `pick` = (whole, axis, index), the slice
+    at `index` along `axis` of `buffer[offset:...].reshape(whole)` (a strided part: G.unbind)."""
 
-    def __init__(self, ident, buffer, offset, shape):
+    def __init__(self, ident, buffer, offset, shape, pick=None):
         self.ident, self.buffer, self.offset, self.shape = ident, buffer, int(offset), tuple(shape)
+        self.pick = pick
 
     @property
     def size(self):
         return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def run(self):
+        """(shape, elements) of the run of the buffer the slot lies in."""
+        shape = self.pick[0] if self.pick else self.shape
+        return shape, int(np.prod(shape, dtype=np.int64))
+
+    def of(self, flat):
+        """The slot as a view of `flat`, its buffer."""
+        shape, n = self.run
+        a = flat[self.offset:self.offset + n].reshape(shape)
+        return a[(slice(None),) * self.pick[1] + (self.pick[2],)] if self.pick else a
+
+    def text(self) -> str:
+        """The slot as Python source over its buffer's name (the printed step's views)."""
+        shape, n = self.run
+        dims = ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "")
+        pick = f"[{':, ' * self.pick[1]}{self.pick[2]}]" if self.pick else ""
+        return f"{self.buffer}[{self.offset}:{self.offset + n}].reshape(({dims})){pick}"
 
 
 class Arena:
@@ -140,15 +161,15 @@ class Plan:
             self._backward_plan()
 
     # --- slots -------------------------------------------------------------------------------
-    def _place(self, name, buffer, offset, shape) -> str:
-        """The slot at (buffer, offset, shape), created under `name` if new."""
-        key = (buffer, int(offset), tuple(shape))
+    def _place(self, name, buffer, offset, shape, pick=None) -> str:
+        """The slot at (buffer, offset, shape, pick), created under `name` if new."""
+        key = (buffer, int(offset), tuple(shape), pick)
         if key in self._by_place:
             return self._by_place[key]
         nm = ident(name)
         while nm in self.slots:
             nm += "_"
-        self.slots[nm] = Slot(nm, buffer, offset, shape)
+        self.slots[nm] = Slot(nm, buffer, offset, shape, pick)
         self._by_place[key] = nm
         return nm
 
@@ -160,7 +181,7 @@ class Plan:
         while nm in self.slots:
             nm += "_"
         self.slots[nm] = Slot(nm, arena.name, o, shape)
-        self._by_place.setdefault((arena.name, o, shape), nm)
+        self._by_place.setdefault((arena.name, o, shape, None), nm)
         return nm
 
     def _sub(self, slot, start, shape, name=None) -> str:
@@ -171,6 +192,17 @@ class Plan:
             return slot
         return self._place(name or f"{slot}_{start}_{'x'.join(map(str, shape))}", s.buffer, s.offset + start,
                            shape)
+
+    def _within(self, v, root_slot, prefix="") -> str:
+        """The slot of value v given its root's slot (v's view, row or slice of it); a slot made
+        here is named prefix + v's name."""
+        if v.base is None:
+            return root_slot
+        if v.axis is not None:  # a slice along an axis: picked out of its base's slot
+            b = self.slots[self._within(v.base, root_slot, prefix)]
+            shape = b.shape[:v.axis] + b.shape[v.axis + 1:]
+            return self._place(prefix + v.name, b.buffer, b.offset, shape, (b.shape, v.axis, v.index))
+        return self._sub(root_slot, v.start, v.shape, prefix + v.name)
 
     def _forward_slots(self):
         st = self.store
@@ -184,8 +216,7 @@ class Plan:
                 self.value_slot[id(v)] = self._new(v.name, v.shape, self.acts)
         for v in self.graph.values:
             if v.base is not None:
-                r = v.root
-                self.value_slot[id(v)] = self._sub(self.value_slot[id(r)], v.start, v.shape, v.name)
+                self.value_slot[id(v)] = self._within(v, self.value_slot[id(v.root)])
 
     def _fn(self, node, which) -> str:
         k = self.kernels[id(node)]
@@ -299,6 +330,8 @@ class Plan:
 
         def grad_of(v):
             """The slot of value v's gradient (v's part of its root's gradient region)."""
+            if v.strided:
+                return self._within(v, self.grad_region[id(v.root)], "d_")
             return self._sub(self.grad_region[id(v.root)], v.start, v.shape or (1,))
 
         for node in reversed(g.nodes):
@@ -331,6 +364,8 @@ class Plan:
                 v = node.args.get(a)
                 return isinstance(v, Value) and next_write(v.root, node) is not None
 
+            direct, covered = self._slices_written_here(node, wanted, next_write)
+
             # final (read-only) gradients share first, then at most one that still receives writes
             for a in sorted(d.grads, key=will_write):
                 v = node.args.get(a)
@@ -340,7 +375,14 @@ class Plan:
                     called = called or a not in identity
                     continue
                 root = v.root
-                whole = v.start == 0 and v.size == root.size
+                if a in direct:  # a slice of a value no other node adds into: written in place
+                    region, fresh = region_of(root)
+                    if fresh and id(root) not in covered:  # the slices leave some of it: 0
+                        self.backward.append(("zero", region))
+                    called = True
+                    outs[a] = grad_of(v)
+                    continue
+                whole = not v.strided and v.start == 0 and v.size == root.size
                 if a in identity and up is not None:
                     if id(root) in self.grad_region:  # a later use: add the upstream gradient itself
                         post.append(("add", grad_of(v), up, node))
@@ -388,6 +430,35 @@ class Plan:
                         self.work.give(off, members[0].size or 1)
                     del group[(buf, off)]
         self.param_grads = [v for v in g.values if v.kind == "param" and id(v) in self.grad_region]
+
+    def _slices_written_here(self, node, wanted, next_write):
+        """(args, roots): the arguments of `node` whose gradients its backward writes straight
+        into their places in their root's gradient, and the roots those places cover whole.
+
+        An argument qualifies when it is a slice along an axis (G.unbind) of a value that nothing
+        else adds a gradient into: no other node reads that root (none before this one in the
+        backward, none after), and every argument of this node
+        on it is another slice of the same base along the same axis (attention_heads' q, k, v of
+        the GPT's projection: three disjoint slices, written where they lie, no copy, no add)."""
+        by_root: dict = {}
+        for a in wanted:
+            by_root.setdefault(id(node.args[a].root), []).append(a)
+        direct, covered = set(), set()
+        for r, args in by_root.items():
+            vs = [node.args[a] for a in args]
+            others = [a for a, x in node.args.items() if isinstance(x, Value) and id(x.root) == r and a not in args]
+            first = vs[0]
+            if others or first.axis is None or first.base.strided or r in self.grad_region \
+                    or next_write(first.root, node) is not None:
+                continue
+            if any(v.base is not first.base or v.axis != first.axis for v in vs) or \
+                    len({v.index for v in vs}) != len(vs):
+                continue
+            direct |= set(args)
+            base = first.base
+            if len(vs) == base.shape[first.axis] and base.start == 0 and base.size == base.root.size:
+                covered.add(r)
+        return direct, covered
 
     def products(self) -> list:
         """The matrix products the step's kernels call, bound to this plan's shapes:

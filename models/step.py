@@ -34,11 +34,6 @@ ARENAS = ("params", "grads", "acts", "work")
 IND = " " * 8  # statements sit inside forward/backward, inside the binding function
 
 
-def _slice(slot) -> str:
-    shape = ", ".join(map(str, slot.shape)) + ("," if len(slot.shape) == 1 else "")
-    return f"{slot.buffer}[{slot.offset}:{slot.offset + slot.size}].reshape(({shape}))"
-
-
 class StepSource:
     """The text of one model configuration's step module."""
 
@@ -56,7 +51,7 @@ class StepSource:
         def where(nm):
             s = plan.slots[nm]
             return order.get(s.buffer, -1), s.buffer, s.offset, nm
-        return [f"    {nm} = {_slice(plan.slots[nm])}" for nm in sorted(used, key=where)]
+        return [f"    {nm} = {plan.slots[nm].text()}" for nm in sorted(used, key=where)]
 
     def _body(self, stmts) -> tuple[list[str], set]:
         lines, used = [], set()
@@ -187,7 +182,7 @@ class Step:
         buf = {"acts": self.acts, "work": self.work, "params": self.params, "grads": self.grads}.get(s.buffer)
         if buf is None:
             buf = self.input_buffers[next(v.name for v in self._inputs if ident(v.name) == s.buffer)]
-        return buf.reshape(-1)[s.offset:s.offset + s.size].reshape(s.shape)
+        return s.of(buf.reshape(-1))
 
     def _load(self, inputs: dict):
         """Check the inputs (once, here at the boundary) and copy them into the step's buffers."""

@@ -43,6 +43,11 @@ def cases(name: str, seed: int = 0) -> list[tuple[str, dict]]:
                 ("T1", {n: _r(rng, 1, 1, 2) for n in "qkv"}),
                 ("large scores", {"q": _r(rng, 1, 3, 2, scale=8.0), "k": _r(rng, 1, 3, 2, scale=8.0),
                                   "v": _r(rng, 1, 3, 2)})]
+    if name == "attention_heads":  # (B, T, H, D): heads side by side in each row
+        return [("B2 T4 H2 D3", {n: _r(rng, 2, 4, 2, 3) for n in "qkv"}),
+                ("T1 H1", {n: _r(rng, 1, 1, 1, 2) for n in "qkv"}),
+                ("large scores", {"q": _r(rng, 1, 3, 2, 2, scale=8.0), "k": _r(rng, 1, 3, 2, 2, scale=8.0),
+                                  "v": _r(rng, 1, 3, 2, 2)})]
     if name == "multihead_attention":
         B, T, H, D = 2, 3, 2, 2
         C = H * D

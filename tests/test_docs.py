@@ -428,14 +428,14 @@ def test_gpt_page_links_every_layer_the_gpt_calls():
 
     cfg = models.GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)
     g = models.gpt_graph(cfg, ParamStore(cfg.dtype), np.random.default_rng(0), 1, 4)
-    used, todo = set(), [n.layer for n in g.nodes if n.layer in derive.layers()]  # not the head copies
+    used, todo = set(), [n.layer for n in g.nodes if n.layer in derive.layers()]
     while todo:  # and what they are built from: multihead_attention -> attention -> softmax
         n = todo.pop()
         if n not in used:
             used.add(n)
             todo += derive.layer(n).graph.uses
-    assert {"embedding", "layernorm", "linear", "attention", "softmax", "gelu_erf", "residual",
-            "cross_entropy"} <= used
+    assert {"embedding", "layernorm", "linear", "attention_heads", "attention", "softmax", "gelu_erf",
+            "residual", "cross_entropy"} <= used
     md = (ROOT / "docs" / "guides" / "gpt.md").read_text()
     missing = [n for n in sorted(used) if f"](../layers/{n}.md)" not in md]
     assert not missing, f"docs/guides/gpt.md does not link the layer pages of {missing}"

@@ -168,3 +168,65 @@ def test_a_step_without_a_loss_cannot_train():
     with pytest.raises(GraphError, match="needs a loss"):
         Step(G, train=True)
     assert Step(G, train=False).results["logits"].shape == (4, 5)
+
+
+# --- slices along an axis (G.unbind): strided views, their gradients written in place ---------
+
+def _slices_graph(store, rng, N, k, use, twice=False):
+    """x -> linear (k C columns) viewed (N, k, C) -> its slices along axis 1 -> the test-only
+    bilinear form of the two in `use` (and, with `twice`, swish of the first as well) -> mse."""
+    C = 3
+    G = ModelGraph("slices", "float64", store)
+    x = G.input("x", (N, 2))
+    h = G.layer("linear", "fc", x=x, W=G.param("fc.W", (2, k * C), lambda s: rng.standard_normal(s) * 0.7),
+                b=G.param("fc.b", (k * C,), lambda s: rng.standard_normal(s)))
+    u = G.unbind(G.view(h, (N, k, C)), 1, [f"u{i}" for i in range(k)])
+    f = G.layer(defined("t_bilinear"), "bil", x=u[use[0]], y=u[use[1]],
+                A=G.param("bil.A", (C, C), lambda s: rng.standard_normal(s)))
+    pred = G.view(f, (N, 1))
+    if twice:  # the first slice read by a second node too: its gradient is a sum
+        s = G.layer(defined("t_swish"), "again", x=u[use[0]])
+        w = G.layer("linear", "head", x=s, W=G.param("head.W", (C, 1), lambda s: rng.standard_normal(s)),
+                    b=G.param("head.b", (1,)))
+        pred = G.layer("residual", "total", a=w, b=pred)
+    G.loss(G.layer("mse", "loss", pred=pred, target=G.input("t", (N, 1))))
+    return G
+
+
+@pytest.mark.parametrize("k,use,twice", [(2, (0, 1), False), (3, (2, 0), False), (2, (0, 1), True)],
+                         ids=["both slices: written in place", "two of three: in place, the rest zeroed",
+                              "a slice read twice: added"])
+def test_slices_along_an_axis_are_views_whose_gradients_match_finite_differences(k, use, twice):
+    store = ParamStore("float64")
+    G = _slices_graph(store, np.random.default_rng(4), 5, k, use, twice)
+    step = Step(G)
+    rng = np.random.default_rng(5)
+    x, t = rng.standard_normal((5, 2)), rng.standard_normal((5, 1))
+    step.forward(x=x, t=t)
+    step.backward()
+    grad = store.grad.copy()
+    src = open(step.source_path).read()
+    bwd = src[src.index("def backward"):]
+    assert f".reshape((5, {k}, 3))[:, {use[0]}]" in src  # a slice is a view of the linear's output
+    assert ("] = 0  #" in bwd) == (k == 3 or twice)  # zeroed where the slices written leave some of it
+    assert ("the gradients add" in bwd) == twice  # else bilinear's backward writes d u0, d u1 in place
+    h = 1e-6
+    for i in np.flatnonzero(np.abs(store.flat) > 0):
+        old = store.flat[i]
+        store.flat[i] = old + h
+        up = step.forward(x=x, t=t)
+        store.flat[i] = old - h
+        down = step.forward(x=x, t=t)
+        store.flat[i] = old
+        fd = (up - down) / (2 * h)
+        assert abs(fd - grad[i]) <= 1e-7 * max(1.0, abs(fd)), f"parameter element {i}: step {grad[i]!r}, FD {fd!r}"
+
+
+def test_a_slice_cannot_be_reshaped_or_unbound_again():
+    G = ModelGraph("bad", "float64", ParamStore("float64"))
+    parts = G.unbind(G.input("x", (4, 3, 2)), 1)
+    assert [p.shape for p in parts] == [(4, 2)] * 3 and parts[1].strided
+    with pytest.raises(GraphError, match="cannot view x\\[:, 1\\], a slice along an axis"):
+        G.view(parts[1], (8,))
+    with pytest.raises(GraphError, match="cannot unbind"):
+        G.unbind(parts[0], 0)

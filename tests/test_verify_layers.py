@@ -339,6 +339,20 @@ def attention_dk_no_transpose(g, q, k, v):
     return _attention_backward(g, q, k, v, transpose_dk=False)[1]  # mistake: dS instead of dS^T
 
 
+# --- attention on (B, T, H, D) heads ------------------------------------------------------------
+
+def _heads_grad(name, **mistake):
+    """d q|k|v of attention_heads by the per-sequence attention backward, heads moved to the
+    front and back ((B, T, H, D) <-> (B*H, T, D))."""
+    def grad(g, q, k, v):
+        B, T, H, D = q.shape
+        flat = lambda a: a.transpose(0, 2, 1, 3).reshape(B * H, T, D)  # noqa: E731
+        d = _attention_backward(flat(g), flat(q), flat(k), flat(v), **mistake)["qkv".index(name)]
+        return d.reshape(B, H, T, D).transpose(0, 2, 1, 3)
+    grad.__name__ = f"attention_heads_d{name}" + "".join(f"_{k}" for k in mistake)
+    return grad
+
+
 # --- multi-head attention -----------------------------------------------------------------------
 
 def _mha(g, x, Wq, Wk, Wv, bq, bk, bv, Wo, bo, mistake=None):
@@ -554,6 +568,7 @@ RIGHT = {
     "residual": [("a", residual_da, "identity"), ("b", residual_db, "identity")],
     "attention": [("q", attention_dq, "matrix form"), ("k", attention_dk, "matrix form"),
                   ("v", attention_dv, "matrix form")],
+    "attention_heads": [(n, _heads_grad(n), "per sequence, heads transposed") for n in "qkv"],
     "multihead_attention": [(n, _mha_grad(n), "einsum per head")
                             for n in ("x", "Wq", "Wk", "Wv", "bq", "bk", "bv", "Wo", "bo")],
     "rnn_cell": [(n, _rnn_grad(n), "matrix form, sech^2") for n in ("x", "h_prev", "Wxh", "Whh", "bh")],
@@ -594,6 +609,8 @@ WRONG = {
     "residual": [("a", residual_half, "gradient split in half"), ("b", residual_double, "skip counted twice")],
     "attention": [("q", attention_dq_no_scale, "scale left out"), ("v", attention_dv_no_mask, "causal mask ignored"),
                   ("k", attention_dk_no_transpose, "forgotten transpose")],
+    "attention_heads": [("q", _heads_grad("q", scale_bwd=False), "scale left out"),
+                        ("v", _heads_grad("v", causal=False), "causal mask ignored")],
     "multihead_attention": [("x", _mha_grad("x", "q_path_only"), "k and v paths missing"),
                             ("Wq", _mha_grad("Wq", "no_scale"), "scale left out")],
     "rnn_cell": [("h_prev", _rnn_grad("h_prev", "no_transpose"), "forgotten transpose"),
@@ -634,7 +651,7 @@ RIGHT_CASES = [pytest.param(name, wrt, fn, id=f"{name}-d{wrt}-{fn.__name__}")
                for name, rows in RIGHT.items() for wrt, fn, _ in rows]
 WRONG_CASES = [pytest.param(name, wrt, fn, what, id=f"{name}-d{wrt}-{fn.__name__}")
                for name, rows in WRONG.items() for wrt, fn, what in rows]
-HEAVY = {"multihead_attention": 1, "lstm_cell": 2, "attention": 2}  # fewer random trials: slow reference
+HEAVY = {"multihead_attention": 1, "lstm_cell": 2, "attention": 2, "attention_heads": 2}  # fewer random trials: slow reference
 
 
 def _verify(name, wrt, fn):

@@ -35,6 +35,9 @@ def forward(name: str, t: dict):
         return {"rows": t["table"][t["ids"]]}
     if name == "attention":
         return {"y": F.scaled_dot_product_attention(t["q"], t["k"], t["v"], is_causal=True)}
+    if name == "attention_heads":  # (B, T, H, D) in and out; SDPA takes (B, H, T, D)
+        q, k, v = (t[n].transpose(1, 2) for n in "qkv")
+        return {"y": F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)}
     if name == "multihead_attention":
         x = t["x"]
         B, T, C = x.shape

@@ -7,14 +7,16 @@ from .softmax import softmax_graph
 
 
 @part_of("attention")
-def attention_graph(G, q, k, v, b, i, j, c, l, D, name="y"):
+def attention_graph(G, q, k, v, b, i, j, c, l, D, name="y", at=None):
     """Bind causal attention of q, k, v over (b, i|j, c) and return the output tensor.
 
-    S = q k^T / sqrt(D); P = softmax of S over keys j <= i; y = P v."""
+    S = q k^T / sqrt(D); P = softmax of S over keys j <= i; y = P v. `at(b, t, c)` is where the
+    element (batch b, position t, feature c) of q, k, v and y sits: (*b, t, c) unless given."""
+    at = at or (lambda bt, t, col: (*bt, t, col))
     rows = tuple(b) + (i,)
-    S = G.bind("S", (*rows, j), G.sum(q[(*rows, c)] * k[(*b, j, c)], c) / sqrt(D))
+    S = G.bind("S", (*rows, j), G.sum(q[at(b, i, c)] * k[at(b, j, c)], c) / sqrt(D))
     P = softmax_graph(G, S, rows, j, l, last=i, name="P")
-    return G.bind(name, (*rows, c), G.sum(P[(*rows, j)] * v[(*b, j, c)], j))
+    return G.bind(name, at(b, i, c), G.sum(P[(*rows, j)] * v[at(b, j, c)], j))
 
 
 @layer
@@ -27,6 +29,20 @@ def attention(G):
     G.notes.append("The mask is part of the definition: e[b,i,j] = exp((S[b,i,j] - m[b,i]) [j <= i]) [j <= i], "
                    "so future keys get probability exactly 0, the max m runs over j <= i only, and no "
                    "masked score is exponentiated (its overflow would give inf * 0 = NaN).")
+
+
+@layer
+def attention_heads(G):
+    """Causal attention of H heads side by side, in the layout of a projection's output (rows are
+    tokens, a head is D of a row's H*D columns): y[b,i,h] = softmax over keys j <= i of
+    q[b,i,h] . k[b,j,h] / sqrt(D), times v[b,j,h]."""
+    B, T, H, D = G.dims("B T H D")
+    q, k, v = (G.input(n, (B, T, H, D)) for n in "qkv")
+    b, h, i, j, c, l = G.indices(b=B, h=H, i=T, j=T, c=D, l=T)
+    G.output(attention_graph(G, q, k, v, (b, h), i, j, c, l, D, at=lambda bt, t, col: (bt[0], t, bt[1], col)))
+    G.notes.append("q, k, v and y keep the (B, T, H, D) layout of the projections around them, so a "
+                   "model splits and merges heads as views, without copies: a head's rows are "
+                   "q[b, :, h, :], D contiguous elements H*D apart, which the products read in place.")
 
 
 @layer

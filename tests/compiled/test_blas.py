@@ -68,6 +68,24 @@ def test_gemm_takes_row_slices_strided_views_and_batch_slices():
     close(out, x[0][:, ::2] @ w[::2], np.float32)
 
 
+@pytest.mark.parametrize("gemm", [blas.gemm, blas.dot_gemm], ids=["gemm", "np.dot fallback"])
+def test_gemm_writes_a_heads_rows_of_a_strided_output_and_nothing_else(gemm):
+    """q[b, :, h, :] of a (B, T, H, D) array: rows of D contiguous elements, H * D apart."""
+    rng = np.random.default_rng(3)
+    B, T, H, D = 2, 5, 3, 4
+    q = rng.standard_normal((B, T, H, D)).astype(np.float32)
+    k = rng.standard_normal((B, T, H, D)).astype(np.float32)
+    y = np.full((B, T, H, D), np.nan, np.float32)
+    s = rng.standard_normal((T, T)).astype(np.float32)
+    gemm(s, k[1, :, 2, :], y[1, :, 2, :])  # y[b, :, h, :] = s @ k[b, :, h, :]
+    close(y[1, :, 2, :], s.astype(np.float64) @ k[1, :, 2, :], np.float32)
+    y[1, :, 2, :] = np.nan
+    assert np.isnan(y).all()  # no element outside the head's rows was written
+    out = np.empty((T, T), np.float32)
+    gemm(q[0, :, 1, :], k[0, :, 1, :].T, out)  # S = q k.T of one head, both operands strided
+    close(out, q[0, :, 1, :].astype(np.float64) @ k[0, :, 1, :].T, np.float32)
+
+
 def test_gemm_rejects_mismatched_shapes():
     with pytest.raises(ValueError):
         blas.gemm(np.ones((4, 5)), np.ones((4, 2)), np.empty((4, 2)))
