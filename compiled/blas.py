@@ -39,7 +39,6 @@ from pathlib import Path
 import llvmlite.binding as ll
 import numpy as np
 from numba import njit, types
-from numba.core.errors import TypingError
 from numba.extending import overload
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS's enums

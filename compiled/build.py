@@ -21,7 +21,7 @@ from derive import steps
 from derive.cache import canonical  # one text of a graph, for cache keys (derive's too)
 from derive.derivation import lhs_of
 from derive.errors import DeriveError
-from derive.functions import Iverson, MaxOver
+from derive.functions import REDUCTIONS, Iverson
 
 from . import elementary
 from .blas import CACHE_TAG as BLAS_TAG, backend as blas_backend
@@ -243,7 +243,7 @@ class ModuleBuilder:
             return [ix for ix in b.expr.atoms(sp.Indexed) if str(ix.base.label) == name]
 
         def in_reduction(b, name):
-            return any(str(ix.base.label) == name for r in b.expr.atoms(sp.Sum, MaxOver)
+            return any(str(ix.base.label) == name for r in b.expr.atoms(*REDUCTIONS)
                        for ix in r.atoms(sp.Indexed))
 
         for n, b in enumerate(bs):
@@ -303,8 +303,7 @@ class ModuleBuilder:
         extents = dict(g.extents)
         eqs = []
         for name, idx, expr in program:
-            arg = d.gradient_of(name)
-            shape = g.tensor(arg).shape if arg is not None else self._adjoint_shape(name)
+            shape = g.tensor(d.gradient_of(name) or d.adjoint_of(name)).shape
             new_idx, ren = [], {}
             for i, s_ in zip(idx, shape):
                 if i in extents and sp.simplify(extents[i] - s_) != 0:
@@ -340,11 +339,6 @@ class ModuleBuilder:
         if bad:
             raise DeriveError(self.d.name, f"{term} needs {bad[0].func.__name__} ({bad[0]}), which "
                                            f"the Numba kernels cannot compute")
-
-    def _adjoint_shape(self, name):
-        """The shape of an intermediate adjoint g_<binding> (or gtotal_<binding>)."""
-        binding = name.split("_", 1)[1]
-        return tuple(self.g.tensor(binding).shape)
 
     # --- source ------------------------------------------------------------------------------
     def emit(self, spec: KernelSpec, low: Lowerer, temps) -> str:

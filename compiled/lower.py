@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from derive.functions import Iverson, MaxOver
+from derive.functions import REDUCTIONS, Iverson, MaxOver, limits_of, rename_bound
 
 
 @dataclass
@@ -78,7 +78,7 @@ def reductions(expr):
     out = []
 
     def walk(e):
-        if isinstance(e, (sp.Sum, MaxOver)):
+        if isinstance(e, REDUCTIONS):
             out.append(e)
             return
         if isinstance(e, (sp.Indexed, sp.IndexedBase)):
@@ -88,17 +88,6 @@ def reductions(expr):
 
     walk(expr)
     return out
-
-
-def red_limits(r):
-    if isinstance(r, sp.Sum):
-        return [tuple(l) for l in r.limits]
-    body, v, lo, hi = r.args
-    return [(v, lo, hi)]
-
-
-def red_body(r):
-    return r.function if isinstance(r, sp.Sum) else r.args[0]
 
 
 class Lowerer:
@@ -122,7 +111,7 @@ class Lowerer:
         return {s for s in expr.free_symbols if s in self.extents}
 
     def add_limits(self, r):
-        for v, lo, hi in red_limits(r):
+        for v, lo, hi in limits_of(r):
             if v not in self.extents:
                 self.extents[v] = hi - lo + 1 if lo == 0 or not (lo.free_symbols & set(self.extents)) \
                     else None
@@ -134,27 +123,12 @@ class Lowerer:
     def unique_bound(self, expr):
         """Give every bound index its own symbol (derive reuses names like l for sums over
         different ranges) and record its extent."""
-        def walk(e):
-            if isinstance(e, sp.Sum):
-                body, lims = e.function, []
-                for v, lo, hi in e.limits:
-                    nv = sp.Dummy(str(v).lstrip("_"), integer=True)
-                    body = body.xreplace({v: nv})
-                    lims.append((nv, lo, hi))
-                    self.extents[nv] = hi - lo + 1 if not ((lo.free_symbols | hi.free_symbols) &
-                                                           set(self.extents)) else None
-                return sp.Sum(walk(body), *lims)
-            if isinstance(e, MaxOver):
-                body, v, lo, hi = e.args
-                nv = sp.Dummy(str(v).lstrip("_"), integer=True)
-                self.extents[nv] = hi - lo + 1 if not ((lo.free_symbols | hi.free_symbols) &
-                                                       set(self.extents)) else None
-                return MaxOver(walk(body.xreplace({v: nv})), nv, lo, hi)
-            if isinstance(e, (sp.Indexed, sp.IndexedBase)) or not e.args:
-                return e
-            return e.func(*[walk(a) for a in e.args])
+        def rename(v, lo, hi, state):
+            nv = sp.Dummy(str(v).lstrip("_"), integer=True)
+            self.extents[nv] = hi - lo + 1 if not ((lo.free_symbols | hi.free_symbols) & set(self.extents)) else None
+            return nv, state
 
-        return walk(expr)
+        return rename_bound(expr, rename)
 
     # --- temporaries ------------------------------------------------------------------------
     def fresh(self, stem):
@@ -357,7 +331,7 @@ class Lowerer:
 
     def match(self, s):
         """Split Sum s into coeff * A * B, a batched matrix product; or None."""
-        lims = red_limits(s)
+        lims = limits_of(s)
         K = tuple(v for v, lo, hi in lims)
         for v, lo, hi in lims:
             if lo != 0 or not self.const_extent(v):
@@ -748,10 +722,6 @@ def _affine_range(f, extents):
     return sp.expand(top), sp.expand(bottom)
 
 
-def _merge(self_, expr):
-    return expr
-
-
 def _reads(st, name):
     if isinstance(st, Dot):
         return st.a == name or st.b == name
@@ -785,26 +755,7 @@ def natural_order(f, want, batch, groups):
 def _canon_bound(expr):
     """Rename bound indices to _b0, _b1, ... in traversal order."""
     counter = itertools.count()
-
-    def walk(e):
-        if isinstance(e, sp.Sum):
-            body = e.function
-            lims = []
-            for v, lo, hi in e.limits:
-                nv = sp.Symbol(f"_b{next(counter)}", integer=True)
-                body = body.xreplace({v: nv})
-                lims.append((nv, lo, hi))
-            return sp.Sum(walk(body), *lims)
-        if isinstance(e, MaxOver):
-            body, v, lo, hi = e.args
-            nv = sp.Symbol(f"_b{next(counter)}", integer=True)
-            return MaxOver(walk(body.xreplace({v: nv})), nv, lo, hi)
-        if isinstance(e, (sp.Indexed, sp.IndexedBase)) or not e.args:
-            return e
-        return e.func(*[walk(a) for a in e.args])
-
-    return walk(expr)
+    return rename_bound(expr, lambda v, lo, hi, st: (sp.Symbol(f"_b{next(counter)}", integer=True), st))
 
 
-__all__ = ["Nest", "Dot", "Temp", "Lowered", "Lowerer", "reductions", "red_limits", "red_body",
-           "Iverson"]
+__all__ = ["Nest", "Dot", "Temp", "Lowered", "Lowerer", "reductions", "Iverson"]

@@ -47,9 +47,9 @@ import itertools
 
 import sympy as sp
 
-from .lower import Dot, Nest, red_body, red_limits, reductions, _canon_bound, _reads
+from .lower import Dot, Nest, reductions, _canon_bound, _reads
 from .printer import print_index, print_value
-from derive.functions import Iverson, MaxOver
+from derive.functions import REDUCTIONS, Iverson, MaxOver, body_of, limits_of
 
 # Loop helpers a kernel may call, copied into its generated file (Numba's cache sees only that
 # file): name -> (source, import lines).
@@ -131,7 +131,7 @@ _COSTLY = {sp.exp, sp.log, sp.tanh, sp.sinh, sp.cosh, sp.sin, sp.cos, sp.atan, s
 
 def _costly_calls(e):
     """How many _COSTLY calls an element expression makes (those inside reductions not counted)."""
-    if isinstance(e, (sp.Sum, MaxOver)):
+    if isinstance(e, REDUCTIONS):
         return 0
     own = 1 if isinstance(e, sp.Function) and e.func in _COSTLY else 0
     return own + sum(_costly_calls(a) for a in e.args)
@@ -256,7 +256,7 @@ class KernelWriter:
             if not isinstance(st, Nest) or st.accumulate or st.note or st.target not in self.temps:
                 continue
             e = st.expr
-            if e.has(sp.Sum, MaxOver, sp.Piecewise, Iverson) or e.atoms(sp.Function) or \
+            if e.has(*REDUCTIONS, sp.Piecewise, Iverson) or e.atoms(sp.Function) or \
                     sp.count_ops(e) > 3:
                 continue
             if not all(isinstance(i, sp.Symbol) for i in st.write) or len(set(st.write)) != len(st.write) \
@@ -298,8 +298,8 @@ class KernelWriter:
                 return False
         # a reduction over a fused target must stay within the row too (checked above through
         # its reads); a reduction over v itself cannot be fused
-        for r in st.expr.atoms(sp.Sum, MaxOver):
-            if any(lim[0] == v for lim in red_limits(r)):
+        for r in st.expr.atoms(*REDUCTIONS):
+            if any(lim[0] == v for lim in limits_of(r)):
                 return False
         return True
 
@@ -327,7 +327,7 @@ class KernelWriter:
             else:
                 ok = not st.accumulate and st.order and st.order[0][0] == v and \
                     st.write[:1] == (v,) and not any(
-                        lim[0] == v for r in st.expr.atoms(sp.Sum, MaxOver) for lim in red_limits(r)) \
+                        lim[0] == v for r in st.expr.atoms(*REDUCTIONS) for lim in limits_of(r)) \
                     and all(ix.indices[:1] == (v,) for ix in st.expr.atoms(sp.Indexed)
                             if str(ix.base.label) in targets | {st.target})
                 target = st.target
@@ -381,7 +381,7 @@ class KernelWriter:
             if v is None or not isinstance(st, Nest) or st.accumulate or not st.order or \
                     tuple(st.order[0]) != (v, 0, sp.sympify(self.extents[v]) - 1) or st.write[:1] != (v,):
                 break
-            if any(lim[0] == v for r in st.expr.atoms(sp.Sum, MaxOver) for lim in red_limits(r)):
+            if any(lim[0] == v for r in st.expr.atoms(*REDUCTIONS) for lim in limits_of(r)):
                 break
             if not all(ix.indices[:1] == (v,) for ix in st.expr.atoms(sp.Indexed)
                        if str(ix.base.label) in targets | {st.target}):
@@ -769,7 +769,7 @@ class KernelWriter:
             lines = Block()
             inner_blocks = blocks[:depth + 1]
             cur = lines
-            for v, lo, hi in red_limits(r):
+            for v, lo, hi in limits_of(r):
                 self.name_index(v)
                 nb = Block()
                 cur.rest.append(f"for {self.names[v]} in {_range(lo, hi, self.names)}:")
@@ -777,7 +777,7 @@ class KernelWriter:
                 bound = bound | {v}
                 inner_blocks = inner_blocks + [(nb, bound)]
                 cur = nb
-            body = self.place(red_body(r), inner_blocks, cache, protect)
+            body = self.place(body_of(r), inner_blocks, cache, protect)
             name = self.names[acc]
             if isinstance(r, MaxOver):
                 code.append(f"{name} = F(-np.inf)")
@@ -807,7 +807,7 @@ class KernelWriter:
             v = dots[0].batch[0]
         elif not group[0].order:
             return
-        elif len(group) == 1 and not group[0].expr.has(sp.Sum, MaxOver) and \
+        elif len(group) == 1 and not group[0].expr.has(*REDUCTIONS) and \
                 not _costly_calls(group[0].expr):
             # one pass of plain arithmetic (a bias add, a copy): bound by
             # memory, it gained nothing from a second thread (linear's bias add beside its GEMM:
@@ -861,10 +861,10 @@ class KernelWriter:
                 continue
             loops = [v for v, _, _ in st.order]
             total += sp.Mul(*[ext(v) for v in loops]) * (1 + 4 * calls(st.expr))
-            for r in st.expr.atoms(sp.Sum, MaxOver):
+            for r in st.expr.atoms(*REDUCTIONS):
                 outer = [v for v in loops if v in self.free_idx(r)]
-                lims = [largest(sp.sympify(hi) - lo + 1) for _, lo, hi in red_limits(r)]
-                total += sp.Mul(*[ext(v) for v in outer], *lims) * (1 + 4 * calls(red_body(r)))
+                lims = [largest(sp.sympify(hi) - lo + 1) for _, lo, hi in limits_of(r)]
+                total += sp.Mul(*[ext(v) for v in outer], *lims) * (1 + 4 * calls(body_of(r)))
         # a term whose extents divide another's is no larger than it (extents are at least 1):
         # softmax's 2*N for its row values beside 8*N*n
         terms = sp.Add.make_args(sp.expand(total))

@@ -17,7 +17,8 @@ import itertools
 import sympy as sp
 
 from . import budget
-from .functions import Iverson, MaxOver
+from . import functions
+from .functions import REDUCTIONS, Iverson, MaxOver, limits_of
 
 _fresh = itertools.count()
 
@@ -28,31 +29,12 @@ def fresh_index(stem: str = "k") -> sp.Symbol:
 
 
 def bound_vars(expr) -> set:
-    out = set()
-    for s in expr.atoms(sp.Sum):
-        out.update(lim[0] for lim in s.limits)
-    for m in expr.atoms(MaxOver):
-        out.add(m.args[1])
-    return out
+    return {lim[0] for r in expr.atoms(*REDUCTIONS) for lim in limits_of(r)}
 
 
 def rename_bound(expr):
     """Alpha-rename every bound index (of Sum and MaxOver) to a fresh symbol."""
-    if isinstance(expr, sp.Sum):
-        body = rename_bound(expr.function)
-        limits = []
-        for v, lo, hi in expr.limits:
-            nv = fresh_index(str(v).lstrip("_"))
-            body = body.xreplace({v: nv})
-            limits.append((nv, lo, hi))
-        return sp.Sum(body, *limits)
-    if isinstance(expr, MaxOver):
-        body, v, lo, hi = expr.args
-        nv = fresh_index(str(v).lstrip("_"))
-        return MaxOver(rename_bound(body).xreplace({v: nv}), nv, lo, hi)
-    if expr.args and not isinstance(expr, (sp.Indexed, sp.IndexedBase)):
-        return expr.func(*[rename_bound(a) for a in expr.args])
-    return expr
+    return functions.rename_bound(expr, lambda v, lo, hi, st: (fresh_index(str(v).lstrip("_")), st))
 
 
 def piecewise_to_iverson(expr):
@@ -287,27 +269,10 @@ def _drop_true(cond, extents):
 def canonical_names(expr, avoid=(), pool=("j", "k", "l", "m", "r", "u", "w", "a", "c", "e")):
     """Rename bound indices to short readable names that clash with nothing free and with no
     name in `avoid` (a layer's tensor names: a sum over `k` beside a tensor `k` reads badly)."""
-    taken = {str(s) for s in expr.free_symbols} | set(avoid)
-    return _canon(expr, pool, taken)
+    names = list(pool) + [f"k{i}" for i in range(99)]
 
+    def rename(v, lo, hi, taken):
+        name = next(n for n in names if n not in taken)
+        return sp.Symbol(name, integer=True), taken | {name}
 
-def _canon(expr, pool, taken):
-    if isinstance(expr, sp.Sum):
-        taken = set(taken)
-        body = expr.function
-        limits = []
-        for v, lo, hi in expr.limits:
-            name = next(n for n in list(pool) + [f"k{i}" for i in range(99)] if n not in taken)
-            taken.add(name)
-            nv = sp.Symbol(name, integer=True)
-            body = body.xreplace({v: nv})
-            limits.append((nv, lo, hi))
-        return sp.Sum(_canon(body, pool, taken), *limits)
-    if isinstance(expr, MaxOver):
-        body, v, lo, hi = expr.args
-        name = next(n for n in list(pool) + [f"k{i}" for i in range(99)] if n not in taken)
-        nv = sp.Symbol(name, integer=True)
-        return MaxOver(_canon(body.xreplace({v: nv}), pool, taken | {name}), nv, lo, hi)
-    if expr.args and not isinstance(expr, (sp.Indexed, sp.IndexedBase)):
-        return expr.func(*[_canon(a, pool, taken) for a in expr.args])
-    return expr
+    return functions.rename_bound(expr, rename, {str(s) for s in expr.free_symbols} | set(avoid))

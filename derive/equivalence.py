@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from . import deltas, fold
-from .functions import Iverson, MaxOver
+from .functions import REDUCTIONS, Iverson, body_of, limits_of, remake
 
 
 class CandidateError(ValueError):
@@ -143,18 +143,13 @@ def normalize(expr, d, wrt: str, indices=None, free=None, what=None):
             return base(e)[tuple(rebuild(i, bound) for i in e.indices)]
         if isinstance(e, sp.Symbol):
             return sym(e, bound)
-        if isinstance(e, sp.Sum):
+        if isinstance(e, REDUCTIONS):
             inner, limits = dict(bound), []
-            for v, lo, hi in e.limits:  # bound indices become fresh: no capture after renaming
+            for v, lo, hi in limits_of(e):  # bound indices become fresh: no capture after renaming
                 lo, hi = rebuild(lo, inner), rebuild(hi, inner)
                 inner[str(v)] = deltas.fresh_index(str(v))
                 limits.append((inner[str(v)], lo, hi))
-            return sp.Sum(rebuild(e.function, inner), *limits)
-        if isinstance(e, MaxOver):
-            body, v, lo, hi = e.args
-            inner = dict(bound)
-            inner[str(v)] = deltas.fresh_index(str(v))
-            return MaxOver(rebuild(body, inner), inner[str(v)], rebuild(lo, bound), rebuild(hi, bound))
+            return remake(e, rebuild(body_of(e), inner), limits)
         if not e.args:
             return e
         return e.func(*[rebuild(a, bound) for a in e.args])
@@ -179,14 +174,11 @@ def _free_indices(e) -> set:
         return out
     if isinstance(e, sp.Symbol):
         return {e}
-    if isinstance(e, sp.Sum):
-        out = _free_indices(e.function)
-        for v, lo, hi in e.limits:
+    if isinstance(e, REDUCTIONS):
+        out = _free_indices(body_of(e))
+        for v, lo, hi in limits_of(e):
             out = (out - {v}) | _free_indices(lo) | _free_indices(hi)
         return out
-    if isinstance(e, MaxOver):
-        body, v, lo, hi = e.args
-        return (_free_indices(body) - {v}) | _free_indices(lo) | _free_indices(hi)
     out = set()
     for a in e.args:
         out |= _free_indices(a)

@@ -15,7 +15,7 @@ import sympy as sp
 
 from . import budget, deltas
 from .errors import DeriveError
-from .functions import MaxOver
+from .functions import REDUCTIONS
 from .graph import Graph, Tensor
 
 
@@ -83,7 +83,7 @@ def _tidy_sum(s):
 def _solve_for(graph, saved, unsaved_name, expr):
     """Rewrite reads of `unsaved_name` through the definition of saved binding `saved`."""
     reads_ = [ix for ix in saved.expr.atoms(sp.Indexed) if str(ix.base.label) == unsaved_name]
-    if len(reads_) != 1 or any(s.has(reads_[0]) for s in saved.expr.atoms(sp.Sum, MaxOver)):
+    if len(reads_) != 1 or any(s.has(reads_[0]) for s in saved.expr.atoms(*REDUCTIONS)):
         return None
     (r,) = reads_
     if len(set(r.indices)) != len(r.indices) or not all(isinstance(i, sp.Symbol) for i in r.indices) \
@@ -164,7 +164,7 @@ def fold_definitions(expr, graph: Graph, skip=frozenset()):
     """Replace each verbatim occurrence of a function-valued binding's definition by the binding
     (d exp(u)/du = exp(u) reads e; d tanh(u)/du = 1 - tanh(u)**2 reads 1 - h**2)."""
     for b in reversed(graph.bindings):
-        if not b.indices or b.expr.atoms(sp.Sum, MaxOver) or b.name in skip:
+        if not b.indices or b.expr.atoms(*REDUCTIONS) or b.name in skip:
             continue
         if isinstance(b.expr, sp.Function):
             expr = _fold_function(expr, b)

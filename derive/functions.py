@@ -13,6 +13,10 @@ so exactly one k (the first maximal one) takes the gradient. Nested maxes (a 2-D
 kh outer, kw inner) compose to the first maximal element in row-major order: the first row that
 holds the maximum, and in it the first column. Where the max only stabilises a sum that it
 cancels from (softmax), bind it with `stop_gradient` and no derivative is taken.
+
+A reduction is a `Sum` or a `MaxOver`; everything that walks one (renaming its bound indices,
+checking its ranges, evaluating it, printing it as loops) reads it through `body_of`,
+`limits_of` and `remake`, and renames its bound indices with `rename_bound`, the one walk.
 """
 
 import sympy as sp
@@ -97,3 +101,41 @@ class MaxOver(sp.Function):
 def _reads_an_index(e) -> bool:
     """Whether a limit depends on an index (an integer symbol not known positive, unlike a dim)."""
     return any(s.is_integer and not s.is_positive for s in sp.sympify(e).free_symbols)
+
+
+REDUCTIONS = (sp.Sum, MaxOver)
+
+
+def body_of(r):
+    """The expression a Sum or MaxOver reduces."""
+    return r.function if isinstance(r, sp.Sum) else r.args[0]
+
+
+def limits_of(r) -> list:
+    """[(var, lo, hi), ...] of a Sum, outermost first; [(var, lo, hi)] of a MaxOver."""
+    return [tuple(lim) for lim in r.limits] if isinstance(r, sp.Sum) else [tuple(r.args[1:])]
+
+
+def remake(r, body, limits):
+    """A reduction of r's kind over `limits` of `body`."""
+    if isinstance(r, sp.Sum):
+        return sp.Sum(body, *limits)
+    (var, lo, hi), = limits
+    return MaxOver(body, var, lo, hi)
+
+
+def rename_bound(expr, rename, state=None):
+    """expr with every bound index of its reductions renamed, outermost first: rename(var, lo, hi,
+    state) -> (new symbol, state seen inside it). `state` goes down into a reduction, not across to
+    its siblings (so sibling sums may reuse a readable name); a renaming that must be unique
+    everywhere keeps its own counter instead."""
+    if isinstance(expr, REDUCTIONS):
+        body, limits = body_of(expr), []
+        for v, lo, hi in limits_of(expr):
+            nv, state = rename(v, lo, hi, state)
+            body = body.xreplace({v: nv})
+            limits.append((nv, lo, hi))
+        return remake(expr, rename_bound(body, rename, state), limits)
+    if expr.args and not isinstance(expr, (sp.Indexed, sp.IndexedBase)):
+        return expr.func(*[rename_bound(a, rename, state) for a in expr.args])
+    return expr

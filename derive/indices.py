@@ -36,7 +36,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .errors import DeriveError
-from .functions import Iverson, MaxOver
+from .functions import REDUCTIONS, Iverson, body_of, limits_of
 
 
 def check_reads(layer: str, where: str, expr, free: dict, shapes: dict, known: set):
@@ -106,14 +106,13 @@ class _Checker:
                 raise DeriveError(self.layer, f"{self.where} uses the index {e}, which no sum and no "
                                               f"index of its own binds")
             return
-        if isinstance(e, (sp.Sum, MaxOver)):
-            limits = e.limits if isinstance(e, sp.Sum) else [e.args[1:]]
+        if isinstance(e, REDUCTIONS):
             inner = scope
-            for v, lo, hi in limits:
+            for v, lo, hi in limits_of(e):
                 self.visit(lo, inner)
                 self.visit(hi, inner)
                 inner = inner.push(v, lo, hi)
-            return self.visit(e.function if isinstance(e, sp.Sum) else e.args[0], inner)
+            return self.visit(body_of(e), inner)
         if isinstance(e, sp.Mul):
             brackets = [f for f in e.args if isinstance(f, Iverson)]
             inner = scope

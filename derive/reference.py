@@ -17,7 +17,7 @@ from scipy import special
 
 from .chain import grad_name
 from .errors import DeriveError
-from .functions import Iverson, MaxOver
+from .functions import REDUCTIONS, Iverson, MaxOver, body_of, limits_of
 
 _UNARY = {sp.exp: np.exp, sp.log: np.log, sp.tanh: np.tanh, sp.erf: special.erf, sp.sin: np.sin,
           sp.cos: np.cos, sp.sqrt: np.sqrt, sp.Abs: np.abs, sp.sign: np.sign, sp.sinh: np.sinh,
@@ -81,13 +81,8 @@ def _ev(e, env: _Env):
     if isinstance(e, sp.Pow):
         b, x = _ev(e.base, env), _ev(e.exp, env)
         return np.power(np.asarray(b, dtype=np.float64), x)
-    if isinstance(e, (sp.Sum, MaxOver)):
-        if isinstance(e, sp.Sum):
-            body, limits = e.function, list(e.limits)
-        else:
-            body, var, lo, hi = e.args
-            limits = [(var, lo, hi)]
-        return _reduce(body, limits, env, isinstance(e, MaxOver))
+    if isinstance(e, REDUCTIONS):
+        return _reduce(body_of(e), limits_of(e), env, isinstance(e, MaxOver))
     if isinstance(e, Iverson):
         return np.asarray(_ev(e.args[0], env), dtype=np.float64)
     if isinstance(e, sp.KroneckerDelta):
