@@ -6,7 +6,7 @@
     python3 -m docs.figures record sharpness [--steps 300]          # the GPT, --sharpness-every 25
     python3 -m docs.figures render [--out DIR]                        # the PNGs, to look at
 
-`record` trains through the real API (`symgrad train gpt` for the GPT; `models.zoo.MLP` with
+`record` trains through the real API (`symgrad train gpt` for the GPT; `models.mlp.MLP` with
 `models.trainer.Trainer` for the MLP), reads `history` ([step, train loss]) and `val_history`
 ([step, val loss]) back from the run's checkpoint, and writes them as JSON under docs/data/,
 which is committed. The docs build (docs/hooks.py) renders the PNGs from that data with
@@ -90,7 +90,7 @@ def record_gpt(steps: int, eval_interval: int | None = None, seed: int = 0, extr
 
 @dataclass
 class _MLPTask:
-    """The two-spirals MLP classifier (models.zoo) as a `models.trainer.Task`: full-batch steps on
+    """The two-spirals MLP classifier (models/mlp.py) as a `models.trainer.Task`: full-batch steps on
     the training spirals, validation loss on held-out spirals (another seed)."""
 
     seed: int = 0
@@ -102,7 +102,7 @@ class _MLPTask:
 
     def __post_init__(self):
         from models.data import DataLoader, spirals
-        from models.zoo import MLP
+        from models.mlp import MLP
 
         self.X, self.y = spirals(300, seed=self.seed)
         self.Xv, self.yv = spirals(300, seed=self.seed + 100)
