@@ -2,7 +2,8 @@
 interleaved spirals (`symgrad train mlp`, the docs' MLP loss curve).
 
 A graph of derived layers declared forward only (`models.graph`), trained through its planned,
-printed step; `train_mlp` is the command's loop (or Newton-CG, `models.newton`, on the full set).
+printed step; `MLPTask` is the run as a `models.trainer.Task`, `train_mlp` the command's loop
+over it (or Newton-CG, `models.newton`, on the full set).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 from .data import DataLoader, spirals
 from .graph import ModelGraph, normal
 from .module import GraphModel
+from .trainer import Task, rng_state, set_rng_state
 
 
 def mlp_graph(sizes, act, dtype, store, rng, N, loss=True) -> ModelGraph:
@@ -60,35 +62,73 @@ class MLP(GraphModel):
             self.train(was)
 
 
+class MLPTask(Task):
+    """The MLP of `symgrad train mlp` on two spirals: steps on mini-batches of the training spirals
+    (batch_size None: the whole set, one step an epoch), validation on held-out spirals (another
+    seed)."""
+
+    kind = "mlp"
+
+    def __init__(self, seed=0, hidden=64, batch_size=None, dtype="float32"):
+        self.seed, self.hidden, self.batch_size = seed, hidden, batch_size
+        self.X, self.y = spirals(300, seed=seed)
+        self.Xv, self.yv = spirals(300, seed=seed + 100)
+        self.model = MLP([2, hidden, hidden, 2], "tanh", seed=seed, dtype=dtype)
+        self.loader = DataLoader(self.X, self.y, batch_size=batch_size, seed=seed)
+        self._batches = iter(())
+
+    def train_step(self) -> float:
+        batch = next(self._batches, None)
+        if batch is None:  # the next epoch, in a new shuffled order
+            self._batches = iter(self.loader)
+            batch = next(self._batches)
+        _, loss = self.model(*batch)
+        self.model.backward()
+        return float(loss)
+
+    def val_loss(self) -> float:
+        self.model.eval()
+        try:
+            return float(self.model(self.Xv, self.yv)[1])
+        finally:
+            self.model.train()
+
+    def val_accuracy(self) -> float:
+        return self.model.accuracy(self.Xv, self.yv)
+
+    def rng_state(self):
+        return rng_state(self.loader.rng)
+
+    def set_rng_state(self, state):
+        set_rng_state(self.loader.rng, state)
+
+    def config(self):
+        return {"model": {"sizes": self.model.sizes, "act": self.model.act},
+                "data": "models.data.spirals(300, seed) / held-out seed + 100",
+                "batch_size": self.batch_size or len(self.X), "seed": self.seed}
+
+
 def train_mlp(steps=600, lr=0.01, optimizer="adam", batch_size=None, seed=0, hidden=64, log=print,
               dtype="float32"):
     """Train the MLP on two spirals; returns (model, accuracy on a held-out spiral set, losses).
     `optimizer="newton-cg"`: Newton-CG on the full set (models.newton), `steps` Newton iterations."""
     from . import newton
     from .optim import make_optimizer
-    X, y = spirals(300, seed=seed)
-    Xt, yt = spirals(300, seed=seed + 100)
-    model = MLP([2, hidden, hidden, 2], "tanh", seed=seed, dtype=dtype)
+    task = MLPTask(seed=seed, hidden=hidden, batch_size=batch_size, dtype=dtype)
+    model = task.model
     if optimizer == newton.NAME:  # full batch; a step is one Newton iteration (CG on HVPs inside)
-        trace = newton.newton_cg(newton.Objective(model, X, y), max_iters=steps, tol=0.0, damping=1.0,
-                                 log=lambda line: log(f"{line}  accuracy {model.accuracy(Xt, yt):.3f}"))
-        return model, model.accuracy(Xt, yt), [loss for _, loss in trace.points]
+        trace = newton.newton_cg(newton.Objective(model, task.X, task.y), max_iters=steps, tol=0.0, damping=1.0,
+                                 log=lambda line: log(f"{line}  accuracy {task.val_accuracy():.3f}"))
+        return model, task.val_accuracy(), [loss for _, loss in trace.points]
     opt = make_optimizer(optimizer, model.parameters(), lr=lr)
-    loader = DataLoader(X, y, batch_size=batch_size, seed=seed)
-    losses, step = [], 0
-    while step < steps:
-        for xb, yb in loader:
-            model.zero_grad()
-            _, loss = model(xb, yb)
-            model.backward()
-            opt.step()
-            losses.append(loss)
-            step += 1
-            if step % max(1, steps // 5) == 0:
-                log(f"step {step:5d}  loss {loss:.4f}  accuracy {model.accuracy(Xt, yt):.3f}")
-            if step >= steps:
-                break
-    return model, model.accuracy(Xt, yt), losses
+    losses = []
+    for step in range(1, steps + 1):
+        model.zero_grad()
+        losses.append(task.train_step())
+        opt.step()
+        if step % max(1, steps // 5) == 0:
+            log(f"step {step:5d}  loss {losses[-1]:.4f}  accuracy {task.val_accuracy():.3f}")
+    return model, task.val_accuracy(), losses
 
 
-__all__ = ["MLP", "mlp_graph", "train_mlp"]
+__all__ = ["MLP", "MLPTask", "mlp_graph", "train_mlp"]
