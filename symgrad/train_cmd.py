@@ -163,9 +163,6 @@ def _train(argv) -> int:
                          f"{a.model}; run it in one process")
     if a.model == "gpt":
         return _train_gpt(a)
-    if a.model == "cnn":
-        from models import cnn
-        return cnn.train_cli(a, UsageError)
     from symgrad import train_small
     return train_small.train(a)
 

@@ -1,10 +1,12 @@
-"""`symgrad train mlp|rnn|lstm|word2vec`: the smaller models' runs (called by symgrad/train_cmd.py,
-which parses the arguments and reports a UsageError in one line).
+"""`symgrad train mlp|rnn|lstm|word2vec|cnn`: the smaller models' runs (called by
+symgrad/train_cmd.py, which parses the arguments and reports a UsageError in one line).
 
     mlp        the MLP on two spirals (models/mlp.py); no checkpoint
     word2vec   skip-gram with negative sampling on the text (models/word2vec.py); no checkpoint
     rnn, lstm  a character model on the text by truncated BPTT (models/recurrent.py), through
                models.trainer: checkpoints under --out, --resume continues one
+    cnn        the CNN on the 8x8 digits (models/cnn.py), against PyTorch eager when installed;
+               --steps counts epochs; no checkpoint
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from symgrad.usage import UsageError
 
 def train(a) -> int:
     from models.data import DataError, read_text
+    if a.model == "cnn":
+        return _cnn(a)
     if a.resume and a.model not in ("rnn", "lstm"):
         raise UsageError(f"--resume is supported for gpt, rnn and lstm, not {a.model}")
     if a.model == "mlp":
@@ -51,6 +55,23 @@ def _word2vec(a, text) -> int:
           f"{np.mean(losses[-50:]):.3f}; nearest neighbours (cosine):")
     for w, ns in nb.items():
         print(f"  {w:8s} -> {', '.join(ns)}")
+    return 0
+
+
+def _cnn(a) -> int:
+    from models.cnn import train_cnn
+    if a.resume:
+        raise UsageError("--resume is supported for gpt, rnn and lstm, not cnn (its run is under a minute)")
+    r = train_cnn(epochs=a.steps or 20, lr=a.lr if a.lr is not None else 3e-3,
+                  batch_size=a.batch_size or 32, seed=a.seed)
+    ours = np.median(r["epoch_s"][1:] or r["epoch_s"])
+    print(f"CNN on the 8x8 digits: held-out accuracy {r['accuracy']:.4f}; "
+          f"{ours * 1e3:.0f} ms an epoch ({r['batches_per_epoch']} steps)", end="")
+    if r["torch_epoch_s"]:
+        theirs = np.median(r["torch_epoch_s"][1:] or r["torch_epoch_s"])
+        print(f", PyTorch eager {theirs * 1e3:.0f} ms: {theirs / ours:.2f}x")
+    else:
+        print(" (PyTorch not installed: no comparison)")
     return 0
 
 
