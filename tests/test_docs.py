@@ -170,7 +170,7 @@ def test_text_escapes_markdown_and_math_delimiters():
 
 def test_softmax_page_has_every_section_and_the_stable_form_note():
     info = analysis.analyse("softmax", derive)
-    md = pages.layer_page(info, {"softmax"})
+    md = pages.layer_page(info)
     for heading in ("## Forward definition", "## Backward, step by step", "## Result",
                     "## Generated kernel", "## Cost", "## Numeric gradient check",
                     "## Second order", "### Tangents (JVP)", "### Hessian-vector product",
@@ -188,12 +188,12 @@ def test_softmax_page_has_every_section_and_the_stable_form_note():
 def second_order_of_every_layer():
     """analysis.second_order_info of every built-in layer, computed as the site build does (worker
     processes, the same kernel cache)."""
-    names = sitegen.layer_names(derive)
+    names = derive.layers()
     with sitegen.SecondOrderPool(names) as s:
         return {n: s.result(n) for n in names}
 
 
-@pytest.mark.parametrize("name", sitegen.layer_names(derive))
+@pytest.mark.parametrize("name", derive.layers())
 def test_layer_page_has_a_second_order_section_with_hvp_steps_and_a_passing_numeric_check(
         name, second_order_of_every_layer):
     s2 = second_order_of_every_layer[name]
@@ -238,7 +238,7 @@ def test_a_failing_hvp_check_is_a_warning_and_a_failure_on_the_page(monkeypatch)
 def test_kernel_section_explains_a_missing_kernel(monkeypatch):
     monkeypatch.setattr(analysis, "kernel_source",
                         lambda name, dtype="float64": analysis.Kernel(None, None, "`compiled` is not importable"))
-    md = pages.layer_page(analysis.analyse("softmax", derive), {"softmax"})
+    md = pages.layer_page(analysis.analyse("softmax", derive))
     assert "symgrad-kernel-missing" in md and "not importable" in md
 
 
@@ -250,7 +250,7 @@ def test_a_layer_that_fails_to_derive_is_a_warning_and_an_error_page():
 
     info = analysis.analyse("broken", Broken)
     assert info.warnings and "no such luck" in info.warnings[0]
-    md = pages.layer_page(info, set())
+    md = pages.layer_page(info)
     assert "!!! failure" in md and "no such luck" in md
 
 

@@ -42,14 +42,6 @@ class Site:
     seconds: float = 0.0
 
 
-def layer_names(derive) -> list[str]:
-    names = derive.layers
-    if not callable(names):  # `import derive.layers.x` can shadow the function with the subpackage
-        from derive import registry
-        return list(registry.names())
-    return list(names())
-
-
 def jobs() -> int:
     env = os.environ.get("SYMGRAD_DOCS_JOBS", "").strip()
     return max(1, int(env)) if env else max(1, os.cpu_count() or 1)
@@ -98,7 +90,7 @@ def generate(only: list[str] | None = None) -> Site:
 
     t0 = time.perf_counter()
     site = Site()
-    names = layer_names(derive)
+    names = derive.layers()
     if only:
         missing = [n for n in only if n not in names]
         if missing:
@@ -112,12 +104,11 @@ def generate(only: list[str] | None = None) -> Site:
     by_name = {i.name: i for i in infos}
     for i in infos:
         if i.derivation is not None:
-            for u in getattr(i.derivation.graph, "uses", []) or []:
+            for u in i.derivation.graph.uses:
                 if u in by_name and i.name not in by_name[u].used_by:
                     by_name[u].used_by.append(i.name)
-    known = set(by_name)
     for i in infos:
-        site.pages[f"layers/{i.name}.md"] = pages.layer_page(i, known)
+        site.pages[f"layers/{i.name}.md"] = pages.layer_page(i)
         site.layer_nav.append({i.name: f"layers/{i.name}.md"})
         site.warnings.extend(i.warnings)
     site.pages["layers/index.md"] = pages.index_page(infos)

@@ -26,17 +26,13 @@ class Kernel:
 
 
 def kernel_source(name: str, dtype: str = "float64") -> Kernel:
-    """The generated Numba source of a layer, from `compiled.kernels(name, dtype).source_path`."""
+    """The generated Numba source of a layer, from `compiled.kernels(name, dtype).source_path`
+    (what printing or compiling it raised, when it did)."""
+    import compiled
+
     try:
-        import compiled
-    except Exception as e:  # not written yet, or broken: say so on the page
-        return Kernel(None, None, f"`compiled` is not importable: {type(e).__name__}: {e}")
-    try:
-        k = compiled.kernels(name, dtype=dtype)
-        path = getattr(k, "source_path", None)
-        if not path:
-            return Kernel(None, None, f"`compiled.kernels({name!r})` has no `source_path`")
-        return Kernel(Path(path).read_text(), str(path), None)
+        path = compiled.kernels(name, dtype=dtype).source_path
+        return Kernel(Path(path).read_text(), path, None)
     except Exception as e:
         return Kernel(None, None, f"`compiled.kernels({name!r}, dtype={dtype!r})` raised "
                                   f"{type(e).__name__}: {e}")
@@ -60,8 +56,8 @@ class SecondOrderInfo:
 
 def second_order_info(d) -> SecondOrderInfo:
     """derive.second_order(d), compiled.second_order.second_order_kernels(d, "float64") and the
-    numeric check of its H v (gradcheck.run_hvp). A derivation or check that raises, or a check
-    that fails, is a warning (the strict build fails); compiled/ missing only a notice."""
+    numeric check of its H v (gradcheck.run_hvp). A derivation, kernel or check that raises, or a
+    check that fails, is a warning (the strict build fails) and shown on the page."""
     info = SecondOrderInfo()
     name = d.name
     try:
@@ -204,45 +200,29 @@ class OptimizerInfo:
     slug: str
     cls: type
     names: list
-    rule: str | None
+    rule: str
     derivation: object = None
     error: str | None = None
 
 
 def discover_optimizers():
-    """(infos, reason): optimizer classes from models.optimizers (or models.optim), or why none.
-
-    Uses the module's OPTIMIZERS registry {name: class} when it has one, else every public class
-    with a `step` method defined in it."""
-    import importlib
-
-    mod, errors = None, []
-    for modname in ("models.optimizers", "models.optim"):
-        try:
-            mod = importlib.import_module(modname)
-            break
-        except Exception as e:
-            errors.append(f"{modname}: {type(e).__name__}: {e}")
-    if mod is None:
-        return [], "; ".join(errors)
-    registry = getattr(mod, "OPTIMIZERS", None)
-    if not isinstance(registry, dict):
-        registry = {n.lower(): c for n, c in vars(mod).items()
-                    if isinstance(c, type) and not n.startswith("_") and c.__module__ == mod.__name__
-                    and callable(getattr(c, "step", None)) and n != "Optimizer"}
+    """(infos, reason): the optimizer classes of models.optim's OPTIMIZERS registry {name: class},
+    each with its update rule's derivation (models.rules), or why there are none."""
+    try:
+        from models import rules
+        from models.optim import OPTIMIZERS
+    except Exception as e:
+        return [], f"models.optim: {type(e).__name__}: {e}"
     by_cls: dict = {}
-    for name, cls in registry.items():
+    for name, cls in OPTIMIZERS.items():
         by_cls.setdefault(cls, []).append(name)
     infos = []
     for cls, names in by_cls.items():
-        rule = getattr(cls, "rule", None)
-        info = OptimizerInfo(cls.__name__.lower(), cls, names, rule if isinstance(rule, str) else None)
-        if info.rule:
-            try:
-                rules = importlib.import_module("models.rules")
-                info.derivation = rules.rule(info.rule)
-            except Exception:
-                info.error = traceback.format_exc()
+        info = OptimizerInfo(cls.__name__.lower(), cls, names, cls.rule)
+        try:
+            info.derivation = rules.rule(info.rule)
+        except Exception:
+            info.error = traceback.format_exc()
         infos.append(info)
     return infos, None
 

@@ -118,21 +118,15 @@ def _args_table(d) -> str:
 
 
 def plain_text(d) -> str:
-    """The derivation as `symgrad derive NAME` prints it (its own renderer when importable)."""
-    try:
-        from symgrad.derive_cmd import render_text
-        return render_text(d)
-    except Exception:
-        return "\n".join(f"{s.kind:<11} {s.text}" for s in d.steps)
+    """The derivation as `symgrad derive NAME` prints it."""
+    from symgrad.derive_cmd import render_text
+    return render_text(d)
 
 
 def plain_text_order2(so) -> str:
     """The second-order derivation as `symgrad derive NAME --order 2` prints it."""
-    try:
-        from symgrad.derive_cmd import render_text_order2
-        return render_text_order2(so)
-    except Exception:
-        return "\n".join(f"{s.kind:<11} {s.text}" for s in so.steps)
+    from symgrad.derive_cmd import render_text_order2
+    return render_text_order2(so)
 
 
 def steps_markdown(steps, start: int = 0, notes: dict | None = None) -> tuple[list, int]:
@@ -283,9 +277,9 @@ def _names(mapping: dict) -> str:
 
 def second_order_section(info: LayerInfo) -> str:
     s2, d = info.second, info.derivation
-    out = ["## Second order\n"]
     if s2 is None:
         return ""
+    out = ["## Second order\n"]
     if s2.error:
         out.append(f'!!! failure "derive.second_order(\\"{info.name}\\") raised"\n\n'
                    + indent("```text\n" + s2.error + "```") + "\n")
@@ -373,7 +367,7 @@ def _hvp_check(s2: SecondOrderInfo) -> str:
         ("H v for", "relative error"), lambda a: a, "HVP kernel")
 
 
-def layer_page(info: LayerInfo, known: set) -> str:
+def layer_page(info: LayerInfo) -> str:
     name = info.name
     out = [f"# {name}\n"]
     if info.derivation is None:
@@ -387,11 +381,10 @@ def layer_page(info: LayerInfo, known: set) -> str:
     outs = ", ".join(f"`{o.name}` ({inline(shape_tex(o.shape))})" for o in d.outputs)
     saved = ", ".join(f"`{t.name}`" for t in d.saved)
     out.append(f"Output: {outs}. Saved by the forward pass for the backward: {saved}.\n")
-    uses = [u for u in getattr(d.graph, "uses", []) or []]
-    if uses:
-        out.append("This derivation reuses " + ", ".join(_link(u, known) for u in uses) + ".\n")
+    if d.graph.uses:
+        out.append("This derivation reuses " + ", ".join(_link(u) for u in d.graph.uses) + ".\n")
     if info.used_by:
-        out.append("Used by " + ", ".join(_link(u, known) for u in info.used_by) + ".\n")
+        out.append("Used by " + ", ".join(_link(u) for u in info.used_by) + ".\n")
     out.append(_derivation_section(d))
     out.append(_kernel_section(info))
     out.append(_cost_section(info))
@@ -400,7 +393,7 @@ def layer_page(info: LayerInfo, known: set) -> str:
     return "\n".join(out)
 
 
-def _link(name: str, known: set) -> str:
+def _link(name: str) -> str:
     # A link to a page that is not generated is left for mkdocs --strict to report.
     return f"[{name}]({name}.md)"
 
@@ -469,13 +462,11 @@ def optimizer_page(info: OptimizerInfo) -> str:
     out = [f"# {cls.__name__}\n"]
     names = ", ".join(f"`{n}`" for n in info.names)
     out.append(f"`models.{cls.__name__}`; by name: {names}.\n")
-    doc = (cls.__doc__ or "").strip()
-    if doc and doc != (getattr(cls.__mro__[1], "__doc__", None) or "").strip():
-        out.append(text(doc) + "\n")
-    defaults = getattr(cls, "defaults", None)
-    if isinstance(defaults, dict) and defaults:
+    if cls.__doc__:  # its own (a class's __doc__ is not inherited)
+        out.append(text(cls.__doc__.strip()) + "\n")
+    if cls.defaults:
         out.append("| hyper-parameter | default |\n|---|---|")
-        out.append("\n".join(f"| `{k}` | `{v}` |" for k, v in defaults.items()) + "\n")
+        out.append("\n".join(f"| `{k}` | `{v}` |" for k, v in cls.defaults.items()) + "\n")
     if info.error:
         out.append('!!! failure "Deriving the update rule raised"\n\n'
                    + indent("```text\n" + info.error + "```") + "\n")
@@ -500,7 +491,7 @@ def optimizer_index(infos: list[OptimizerInfo], reason: str | None) -> str:
     out = ["# Optimizers\n"]
     if reason is not None:
         out.append('!!! info "No optimizer pages in this build"\n\n'
-                   + indent("The pages are generated from `models.optimizers`, which could not be "
+                   + indent("The pages are generated from `models.optim`, which could not be "
                             f"imported: {text(reason)}") + "\n")
         out.append("The update rules are described in [Gradient descent and its variants]"
                    "(../guides/gradient-descent.md).\n")
@@ -511,6 +502,6 @@ def optimizer_index(infos: list[OptimizerInfo], reason: str | None) -> str:
     out.append("| optimizer | names | rule |\n|---|---|---|")
     for i in infos:
         out.append(f"| [{i.cls.__name__}]({i.slug}.md) | {', '.join(f'`{n}`' for n in i.names)} | "
-                   f"`{i.rule or ''}` |")
+                   f"`{i.rule}` |")
     out.append("")
     return "\n".join(out)
