@@ -462,6 +462,17 @@ def test_docs_command_runs_mkdocs_strict_on_the_repository_config():
     assert docs_cmd.mkdocs_command("serve", dev_addr="127.0.0.1:9000")[-2:] == ["-a", "127.0.0.1:9000"]
 
 
+def test_contributing_names_the_module_of_every_model_and_every_training_task():
+    md = (ROOT / "docs" / "contributing.md").read_text()
+    section = md.split("## A model\n")[1].split("\n## ")[0]
+    for path in sorted((ROOT / "models").glob("*.py")):
+        source = path.read_text()
+        if re.search(r"^class \w+\(GraphModel\)", source, re.M):
+            assert f"`models/{path.name}`" in section, f"docs/contributing.md's 'A model' lacks models/{path.name}"
+        for task in re.findall(r"^class (\w+)\(Task\)", source, re.M):
+            assert f"`{task}`" in section, f"docs/contributing.md's 'A model' lacks {task} (models/{path.name})"
+
+
 def test_contributing_lists_files_that_exist_and_tables_every_layer_is_in():
     from tests import layer_cases, test_verify_layers
 
