@@ -54,6 +54,16 @@ class SecondOrderInfo:
     warnings: list = field(default_factory=list)
 
 
+def _failures(check_name: str, check: gradcheck.CheckResult, arg: str, derived: str) -> list[str]:
+    """The warning of a numeric check that failed, none of one that passed: each argument off
+    (`arg.format(name)`), where, and both values (`derived`: what the finite differences met)."""
+    bad = [a for a in check.args if not a.ok]
+    if not bad:
+        return []
+    return [f"{check_name} FAILED for " + "; ".join(f"{arg.format(a.arg)} at {a.worst_index}: finite difference "
+                                                     f"{a.fd!r}, {derived} {a.derived!r}" for a in bad)]
+
+
 def second_order_info(d) -> SecondOrderInfo:
     """derive.second_order(d), compiled.second_order.second_order_kernels(d, "float64") and the
     numeric check of its H v (gradcheck.run_hvp). A derivation, kernel or check that raises, or a
@@ -75,12 +85,7 @@ def second_order_info(d) -> SecondOrderInfo:
         info.kernel = Kernel(Path(path).read_text(), str(path), None)
         info.kernel_func = k.hvp_kernels.forward_spec.func
         info.check = gradcheck.run_hvp(d, k.hvp)
-        if not info.check.ok:
-            bad = [a for a in info.check.args if not a.ok]
-            info.warnings.append(
-                f"{name}: numeric HVP check FAILED for "
-                + "; ".join(f"(H v) for {a.arg} at {a.worst_index}: finite difference {a.fd!r}, "
-                            f"HVP kernel {a.derived!r}" for a in bad))
+        info.warnings += _failures(f"{name}: numeric HVP check", info.check, "(H v) for {}", "HVP kernel")
     except Exception:
         info.check_error = traceback.format_exc()
         if info.kernel is None:
@@ -172,12 +177,7 @@ def analyse(name: str, derive, second_order: bool = True) -> LayerInfo:
         info.warnings.append(f"{name}: counting FLOPs failed:\n{info.cost_error}")
     try:
         info.check = gradcheck.run(d)
-        if not info.check.ok:
-            bad = [a for a in info.check.args if not a.ok]
-            info.warnings.append(
-                f"{name}: numeric gradient check FAILED for "
-                + "; ".join(f"d{a.arg} at {a.worst_index}: finite difference {a.fd!r}, derived {a.derived!r}"
-                            for a in bad))
+        info.warnings += _failures(f"{name}: numeric gradient check", info.check, "d{}", "derived")
     except Exception:
         info.check_error = traceback.format_exc()
         info.warnings.append(f"{name}: the numeric gradient check raised:\n{info.check_error}")
