@@ -70,7 +70,7 @@ class MLPTask(Task):
     kind = "mlp"
 
     def __init__(self, seed=0, hidden=64, batch_size=None, dtype="float32"):
-        self.seed, self.hidden, self.batch_size = seed, hidden, batch_size
+        self.seed, self.batch_size = seed, batch_size
         self.X, self.y = spirals(300, seed=seed)
         self.Xv, self.yv = spirals(300, seed=seed + 100)
         self.model = MLP([2, hidden, hidden, 2], "tanh", seed=seed, dtype=dtype)
