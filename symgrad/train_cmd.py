@@ -1,4 +1,5 @@
-"""`symgrad train`, `symgrad sample` and `symgrad bench train`.
+"""`symgrad train`, `symgrad sample` and `symgrad bench train`. The GPT's run is here; the other
+models' runs are in symgrad/train_small.py.
 
     symgrad train gpt|mlp|rnn|lstm|word2vec|cnn [--steps N --lr X --optimizer NAME --batch-size B
                                                   --seed S --out DIR --resume CKPT ...]
