@@ -6,7 +6,7 @@
     python3 -m docs.figures record sharpness [--steps 300]          # the GPT, --sharpness-every 25
     python3 -m docs.figures render [--out DIR]                        # the PNGs, to look at
 
-`record` trains through the real API (`symgrad train gpt` for the GPT; `models.zoo.MLP` with
+`record` trains through the real API (`symgrad train gpt` for the GPT; `models.mlp.MLPTask` with
 `models.trainer.Trainer` for the MLP), reads `history` ([step, train loss]) and `val_history`
 ([step, val loss]) back from the run's checkpoint, and writes them as JSON under docs/data/,
 which is committed. The docs build (docs/hooks.py) renders the PNGs from that data with
@@ -88,71 +88,15 @@ def record_gpt(steps: int, eval_interval: int | None = None, seed: int = 0, extr
     return data
 
 
-@dataclass
-class _MLPTask:
-    """The two-spirals MLP classifier (models.zoo) as a `models.trainer.Task`: full-batch steps on
-    the training spirals, validation loss on held-out spirals (another seed)."""
-
-    seed: int = 0
-    hidden: int = 64
-    batch_size: int | None = None
-    lr: float = 0.01
-    kind: str = "mlp"
-    tokens_per_step: int = 1
-
-    def __post_init__(self):
-        from models.data import DataLoader, spirals
-        from models.zoo import MLP
-
-        self.X, self.y = spirals(300, seed=self.seed)
-        self.Xv, self.yv = spirals(300, seed=self.seed + 100)
-        self.model = MLP([2, self.hidden, self.hidden, 2], "tanh", seed=self.seed)
-        self.loader = DataLoader(self.X, self.y, batch_size=self.batch_size, seed=self.seed)
-        self._batches = iter(())
-
-    def train_step(self) -> float:
-        batch = next(self._batches, None)
-        if batch is None:
-            self._batches = iter(self.loader)
-            batch = next(self._batches)
-        _, loss = self.model(*batch)
-        self.model.backward()
-        return float(loss)
-
-    def val_loss(self) -> float:
-        self.model.eval()
-        try:
-            return float(self.model(self.Xv, self.yv)[1])
-        finally:
-            self.model.train()
-
-    def rng_state(self):
-        return self.loader.rng.bit_generator.state
-
-    def set_rng_state(self, state):
-        self.loader.rng.bit_generator.state = state
-
-    def extra_state(self):
-        return {}
-
-    def set_extra_state(self, extra):
-        pass
-
-    def config(self):
-        return {"model": {"sizes": [2, self.hidden, self.hidden, 2], "act": "tanh"},
-                "data": "models.data.spirals(300, seed) / held-out seed + 100",
-                "batch_size": self.batch_size or len(self.X), "seed": self.seed,
-                "train": {"optimizer": "adam", "lr": self.lr}}
-
-
 def record_mlp(steps: int, eval_interval: int | None = None, seed: int = 0, lr: float = 0.01) -> dict:
     """Train the MLP of `symgrad train mlp` (two spirals, Adam lr 0.01, full batch) with
     models.trainer.Trainer and return its loss curves."""
     sys.path.insert(0, str(ROOT))
+    from models.mlp import MLPTask
     from models.optim import make_optimizer
     from models.trainer import Trainer
 
-    task = _MLPTask(seed=seed, lr=lr)
+    task = MLPTask(seed=seed)
     opt = make_optimizer("adam", task.model.parameters(), lr=lr)
     with tempfile.TemporaryDirectory(prefix="symgrad-record-") as tmp:
         trainer = Trainer(task, task.model, opt, tmp, eval_interval=eval_interval or max(1, steps // 30),
@@ -160,6 +104,7 @@ def record_mlp(steps: int, eval_interval: int | None = None, seed: int = 0, lr: 
         trainer.evaluate()  # the loss before the first step, as step 0
         trainer.run(steps)
         data = from_checkpoint(Path(tmp) / "ckpt.npz")
+    data["config"]["train"] = {"optimizer": "adam", "lr": lr}
     data["command"] = f"python3 -m docs.figures record mlp --steps {steps}"
     return data
 

@@ -9,7 +9,7 @@ Declared forward only, as a graph of the derived conv2d / max_pool2d / relu / li
 other model. relu, a layer over rows, sees each conv output as the (N, C*H*W) view of it, and
 flatten is a view too: neither is a copy, and their gradients are the same views.
 
-`symgrad train cnn` (train_cli below) trains it with Adam on a stratified 80/20 split of the
+`symgrad train cnn` (symgrad/train_small.py) trains it with Adam on a stratified 80/20 split of the
 digits and reports held-out accuracy and time per epoch, against the same CNN in PyTorch eager
 in the same run when torch is installed.
 """
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from .graph import ModelGraph
+from .graph import ModelGraph, normal
 from .module import GraphModel
 
 CHANNELS = (16, 32)  # the two convolutions' output channels (8, 16 reached 0.972 in 20 epochs; these 0.986)
@@ -28,7 +28,8 @@ CLASSES = 10
 
 
 def _he(rng, fan_in):
-    return lambda shape: rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+    """He's initialisation for a relu layer of `fan_in` inputs: N(0, 2 / fan_in)."""
+    return normal(rng, np.sqrt(2.0 / fan_in))
 
 
 def cnn_graph(channels, dtype, store, rng, N, loss=True) -> ModelGraph:
@@ -156,21 +157,4 @@ def _torch_peer(model, lr):
     return epoch
 
 
-def train_cli(a, UsageError) -> int:
-    """`symgrad train cnn [--steps EPOCHS] [--lr X] [--batch-size B] [--seed S]`."""
-    if a.resume:
-        raise UsageError("--resume is supported for gpt, rnn and lstm, not cnn (its run is under a minute)")
-    r = train_cnn(epochs=a.steps or 20, lr=a.lr if a.lr is not None else 3e-3,
-                  batch_size=a.batch_size or 32, seed=a.seed)
-    ours = np.median(r["epoch_s"][1:] or r["epoch_s"])
-    print(f"CNN on the 8x8 digits: held-out accuracy {r['accuracy']:.4f}; "
-          f"{ours * 1e3:.0f} ms an epoch ({r['batches_per_epoch']} steps)", end="")
-    if r["torch_epoch_s"]:
-        theirs = np.median(r["torch_epoch_s"][1:] or r["torch_epoch_s"])
-        print(f", PyTorch eager {theirs * 1e3:.0f} ms: {theirs / ours:.2f}x")
-    else:
-        print(" (PyTorch not installed: no comparison)")
-    return 0
-
-
-__all__ = ["CNN", "cnn_graph", "digits", "train_cnn", "train_cli"]
+__all__ = ["CNN", "cnn_graph", "digits", "train_cnn"]

@@ -33,6 +33,11 @@ import derive
 ALIGN = 16  # elements: parameter and buffer offsets are 64-byte aligned for float32
 
 
+def normal(rng: np.random.Generator, std: float):
+    """A parameter initialiser for `ModelGraph.param`: draws of N(0, std^2) from `rng`."""
+    return lambda shape: rng.standard_normal(shape) * std
+
+
 class GraphError(ValueError):
     """A model graph that cannot be planned (names the node and the argument)."""
 
@@ -285,4 +290,4 @@ class ModelGraph:
         return v
 
 
-__all__ = ["ModelGraph", "ParamStore", "Value", "Node", "GraphError", "ALIGN"]
+__all__ = ["ModelGraph", "ParamStore", "Value", "Node", "GraphError", "ALIGN", "normal"]

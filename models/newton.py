@@ -231,7 +231,7 @@ def logistic_data(n=2000, d=20, classes=4, decades=0.0, seed=0):
 
 def logistic_regression(x, y, dtype="float64"):
     """Multinomial logistic regression as a graph model: one linear layer and cross-entropy."""
-    from .zoo import MLP
+    from .mlp import MLP
     return MLP([x.shape[1], int(y.max()) + 1], seed=0, dtype=dtype)
 
 

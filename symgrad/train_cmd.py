@@ -1,4 +1,5 @@
-"""`symgrad train`, `symgrad sample` and `symgrad bench train`.
+"""`symgrad train`, `symgrad sample` and `symgrad bench train`. The GPT's run is here; the other
+models' runs are in symgrad/train_small.py.
 
     symgrad train gpt|mlp|rnn|lstm|word2vec|cnn [--steps N --lr X --optimizer NAME --batch-size B
                                                   --seed S --out DIR --resume CKPT ...]
@@ -163,14 +164,12 @@ def _train(argv) -> int:
                          f"{a.model}; run it in one process")
     if a.model == "gpt":
         return _train_gpt(a)
-    if a.model == "cnn":
-        from models import cnn
-        return cnn.train_cli(a, UsageError)
-    from models import zoo
-    return zoo.train_cli(a, UsageError)
+    from symgrad import train_small
+    return train_small.train(a)
 
 
-def _out_dir(a) -> Path:
+def out_dir(a) -> Path:
+    """--out, or a new runs/<model>-<n>; refused when it holds a checkpoint or cannot hold one."""
     from models import checkpoint
     out = Path(a.out) if a.out else _new_out_dir(a.model)
     if (out / "ckpt.npz").exists():
@@ -179,7 +178,8 @@ def _out_dir(a) -> Path:
     return out
 
 
-def _load_resume(a, kind):
+def load_resume(a, kind):
+    """The checkpoint of --resume, refused unless it is from a `kind` run."""
     from models import checkpoint
     try:
         ck = checkpoint.load(a.resume)
@@ -202,7 +202,7 @@ def _train_gpt(a) -> int:
 
     ck = None
     if a.resume:
-        ck = _load_resume(a, "gpt")
+        ck = load_resume(a, "gpt")
         if a.out is not None and Path(a.out).resolve() != ck["path"].parent.resolve():
             raise UsageError(f"--out {a.out} with --resume: a resumed run writes back to "
                              f"{ck['path']}; leave out --out")
@@ -232,7 +232,7 @@ def _train_gpt(a) -> int:
         if cfg.n_embd % cfg.n_head:
             raise UsageError(f"--n-embd {cfg.n_embd} is not a multiple of --n-head {cfg.n_head}")
         batch, seed, train_conf = a.batch_size or 12, a.seed, {}
-        out = _out_dir(a)
+        out = out_dir(a)
     opt_name = a.optimizer or train_conf.get("optimizer", "adamw")
     lr = a.lr if a.lr is not None else train_conf.get("lr", 1e-3)
     steps = a.steps or train_conf.get("steps", 500)
@@ -326,8 +326,8 @@ def sample_main(argv) -> int:
                 model, vocab = GPTTask.model_from_config(ck["meta"]["config"])
                 logits_fn = None
             elif kind in ("rnn", "lstm"):
-                from models import zoo
-                model, vocab, logits_fn = zoo.char_rnn_sampler(ck["meta"]["config"])
+                from models.recurrent import char_rnn_sampler
+                model, vocab, logits_fn = char_rnn_sampler(ck["meta"]["config"])
             else:
                 raise UsageError(f"checkpoint {ck['path']} holds a '{kind}' model, which does not sample text")
         except (KeyError, TypeError) as e:

@@ -29,7 +29,7 @@ import derive  # noqa: E402
 import figures  # noqa: E402  (docs/figures.py)
 import newton_step  # noqa: E402  (docs/newton_step.py)
 import sitegen  # noqa: E402
-from sitegen import costs, gradcheck, pages  # noqa: E402
+from sitegen import analysis, costs, gradcheck, pages  # noqa: E402
 
 
 def scale_layer(G):
@@ -169,8 +169,8 @@ def test_text_escapes_markdown_and_math_delimiters():
 
 
 def test_softmax_page_has_every_section_and_the_stable_form_note():
-    info = pages.analyse("softmax", derive)
-    md = pages.layer_page(info, {"softmax"})
+    info = analysis.analyse("softmax", derive)
+    md = pages.layer_page(info)
     for heading in ("## Forward definition", "## Backward, step by step", "## Result",
                     "## Generated kernel", "## Cost", "## Numeric gradient check",
                     "## Second order", "### Tangents (JVP)", "### Hessian-vector product",
@@ -186,19 +186,19 @@ def test_softmax_page_has_every_section_and_the_stable_form_note():
 
 @pytest.fixture(scope="module")
 def second_order_of_every_layer():
-    """pages.second_order_info of every built-in layer, computed as the site build does (worker
+    """analysis.second_order_info of every built-in layer, computed as the site build does (worker
     processes, the same kernel cache)."""
-    names = sitegen.layer_names(derive)
+    names = derive.layers()
     with sitegen.SecondOrderPool(names) as s:
         return {n: s.result(n) for n in names}
 
 
-@pytest.mark.parametrize("name", sitegen.layer_names(derive))
+@pytest.mark.parametrize("name", derive.layers())
 def test_layer_page_has_a_second_order_section_with_hvp_steps_and_a_passing_numeric_check(
         name, second_order_of_every_layer):
     s2 = second_order_of_every_layer[name]
     assert not s2.warnings, f"{name}: " + "\n".join(s2.warnings)
-    md = pages.second_order_section(pages.LayerInfo(name, derivation=derive.layer(name), second=s2))
+    md = pages.second_order_section(analysis.LayerInfo(name, derivation=derive.layer(name), second=s2))
     assert md.startswith("## Second order"), md[:300]
     hvp_steps = s2.so.steps_of("hvp")
     assert hvp_steps, f"{name}: derive.second_order has no HVP step"
@@ -215,8 +215,8 @@ def test_layer_page_has_a_second_order_section_with_hvp_steps_and_a_passing_nume
 
 
 def test_cross_entropy_page_shows_its_hessian_with_p_abbreviated():
-    info = pages.LayerInfo("cross_entropy", derivation=derive.layer("cross_entropy"),
-                           second=pages.second_order_of("cross_entropy"))
+    info = analysis.LayerInfo("cross_entropy", derivation=derive.layer("cross_entropy"),
+                              second=analysis.second_order_of("cross_entropy"))
     md = pages.second_order_section(info)
     assert "### Hessian" in md and "where ${p}_{n,k} = e^{" in md
     assert "symgrad derive cross_entropy --order 2" in md
@@ -229,16 +229,16 @@ def test_a_failing_hvp_check_is_a_warning_and_a_failure_on_the_page(monkeypatch)
         return r
 
     monkeypatch.setattr(gradcheck, "run_hvp", wrong)
-    s2 = pages.second_order_of("softmax")
+    s2 = analysis.second_order_of("softmax")
     assert s2.warnings and "HVP check FAILED" in s2.warnings[0] and "1.5" in s2.warnings[0]
-    md = pages.second_order_section(pages.LayerInfo("softmax", derivation=derive.layer("softmax"), second=s2))
+    md = pages.second_order_section(analysis.LayerInfo("softmax", derivation=derive.layer("softmax"), second=s2))
     assert '!!! failure "H v against finite differences of the gradient: FAILED' in md and "**1 off**" in md
 
 
 def test_kernel_section_explains_a_missing_kernel(monkeypatch):
-    monkeypatch.setattr(pages, "kernel_source",
-                        lambda name, dtype="float64": pages.Kernel(None, None, "`compiled` is not importable"))
-    md = pages.layer_page(pages.analyse("softmax", derive), {"softmax"})
+    monkeypatch.setattr(analysis, "kernel_source",
+                        lambda name, dtype="float64": analysis.Kernel(None, None, "`compiled` is not importable"))
+    md = pages.layer_page(analysis.analyse("softmax", derive))
     assert "symgrad-kernel-missing" in md and "not importable" in md
 
 
@@ -248,9 +248,9 @@ def test_a_layer_that_fails_to_derive_is_a_warning_and_an_error_page():
         def layer(name):
             raise RuntimeError("no such luck")
 
-    info = pages.analyse("broken", Broken)
+    info = analysis.analyse("broken", Broken)
     assert info.warnings and "no such luck" in info.warnings[0]
-    md = pages.layer_page(info, set())
+    md = pages.layer_page(info)
     assert "!!! failure" in md and "no such luck" in md
 
 
@@ -460,6 +460,17 @@ def test_docs_command_runs_mkdocs_strict_on_the_repository_config():
     assert str(ROOT / "mkdocs.yml") in cmd and str((Path("out")).resolve()) in cmd
     assert "--strict" not in docs_cmd.mkdocs_command("build", strict=False)
     assert docs_cmd.mkdocs_command("serve", dev_addr="127.0.0.1:9000")[-2:] == ["-a", "127.0.0.1:9000"]
+
+
+def test_contributing_names_the_module_of_every_model_and_every_training_task():
+    md = (ROOT / "docs" / "contributing.md").read_text()
+    section = md.split("## A model\n")[1].split("\n## ")[0]
+    for path in sorted((ROOT / "models").glob("*.py")):
+        source = path.read_text()
+        if re.search(r"^class \w+\(GraphModel\)", source, re.M):
+            assert f"`models/{path.name}`" in section, f"docs/contributing.md's 'A model' lacks models/{path.name}"
+        for task in re.findall(r"^class (\w+)\(Task\)", source, re.M):
+            assert f"`{task}`" in section, f"docs/contributing.md's 'A model' lacks {task} (models/{path.name})"
 
 
 def test_contributing_lists_files_that_exist_and_tables_every_layer_is_in():

@@ -76,6 +76,6 @@ def test_sample_is_deterministic(capsys, run):
 
 
 def test_mlp_reaches_95_percent_on_spirals():
-    from models.zoo import train_mlp
+    from models.mlp import train_mlp
     _, acc, losses = train_mlp(steps=300, lr=0.02, seed=0, log=lambda *a: None)
     assert acc >= 0.95 and losses[-1] < losses[0]

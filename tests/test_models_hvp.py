@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from models.gpt import GPT, GPTConfig
-from models.zoo import MLP, CharRNN
+from models.mlp import MLP
+from models.recurrent import CharRNN
 
 
 def direction(model, rng):

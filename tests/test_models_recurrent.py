@@ -5,7 +5,7 @@ on tinyshakespeare at equal steps."""
 import numpy as np
 import pytest
 
-from models.zoo import CharRNN, CharRNNTask
+from models.recurrent import CharRNN, CharRNNTask
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])

@@ -6,7 +6,7 @@ import pytest
 
 from models import checkpoint
 from models.sharpness import sharpness, top_eigenvalue
-from models.zoo import MLP
+from models.mlp import MLP
 from symgrad.cli import main
 
 

@@ -3,22 +3,21 @@
 Every formula comes from a Derivation's recorded steps (`Step.latex`), every plain-text line
 from `Step.text`: the pages print the same records as `symgrad derive` (and, in the "Second
 order" section, `symgrad derive --order 2`: derive.second_order's steps) and the kernel printer
-read, so they cannot drift from the code. Nothing here knows any layer's gradient.
+read, so they cannot drift from the code. Nothing here knows any layer's gradient, and nothing
+here derives, compiles or checks: the numbers and sources come from analysis.py (`LayerInfo`,
+`OptimizerInfo`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import html
 import re
 import textwrap
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import sympy as sp
 
-from . import costs, gradcheck
+from . import costs
+from .analysis import LayerInfo, OptimizerInfo, SecondOrderInfo
 
 KIND_LABEL = {
     "definition": "Definition",
@@ -86,31 +85,7 @@ def indent(s: str, n: int = 4) -> str:
     return textwrap.indent(s, " " * n)
 
 
-# --- the kernel ---------------------------------------------------------------------------
-
-@dataclass
-class Kernel:
-    source: str | None
-    path: str | None
-    reason: str | None  # why there is no source
-
-
-def kernel_source(name: str, dtype: str = "float64") -> Kernel:
-    """The generated Numba source of a layer, from `compiled.kernels(name, dtype).source_path`."""
-    try:
-        import compiled
-    except Exception as e:  # not written yet, or broken: say so on the page
-        return Kernel(None, None, f"`compiled` is not importable: {type(e).__name__}: {e}")
-    try:
-        k = compiled.kernels(name, dtype=dtype)
-        path = getattr(k, "source_path", None)
-        if not path:
-            return Kernel(None, None, f"`compiled.kernels({name!r})` has no `source_path`")
-        return Kernel(Path(path).read_text(), str(path), None)
-    except Exception as e:
-        return Kernel(None, None, f"`compiled.kernels({name!r}, dtype={dtype!r})` raised "
-                                  f"{type(e).__name__}: {e}")
-
+# --- one layer ----------------------------------------------------------------------------
 
 def function_source(source: str, func: str) -> str:
     """The `@njit(...)` / `def func(...)` block of a printed kernel module, decorator to the last
@@ -125,160 +100,6 @@ def function_source(source: str, func: str) -> str:
     while start > 0 and lines[start - 1].startswith("@"):
         start -= 1
     return "\n".join(lines[start:end]).rstrip("\n") + "\n"
-
-
-# --- second order ---------------------------------------------------------------------------
-
-@dataclass
-class SecondOrderInfo:
-    """What a page's "Second order" section shows: derive.second_order's steps, the printed HVP
-    kernel (float64) and its numeric check."""
-
-    so: object = None
-    error: str | None = None          # derive.second_order raised: the traceback
-    kernel: Kernel | None = None      # the HVP kernel module ...
-    kernel_func: str | None = None    # ... and the function in it the section shows
-    check: gradcheck.CheckResult | None = None
-    check_error: str | None = None    # the HVP kernel or its check raised
-    warnings: list = field(default_factory=list)
-
-
-def second_order_info(d) -> SecondOrderInfo:
-    """derive.second_order(d), compiled.second_order.second_order_kernels(d, "float64") and the
-    numeric check of its H v (gradcheck.run_hvp). A derivation or check that raises, or a check
-    that fails, is a warning (the strict build fails); compiled/ missing only a notice."""
-    info = SecondOrderInfo()
-    name = d.name
-    try:
-        from derive.second_order import second_order
-        info.so = second_order(d)
-    except Exception:
-        info.error = traceback.format_exc()
-        info.warnings.append(f"{name}: derive.second_order raised; its page shows the traceback:\n"
-                             f"{info.error}")
-        return info
-    from compiled.second_order import second_order_kernels
-    try:
-        k = second_order_kernels(d, "float64")
-        path = k.hvp_kernels.source_path
-        info.kernel = Kernel(Path(path).read_text(), str(path), None)
-        info.kernel_func = k.hvp_kernels.forward_spec.func
-        info.check = gradcheck.run_hvp(d, k.hvp)
-        if not info.check.ok:
-            bad = [a for a in info.check.args if not a.ok]
-            info.warnings.append(
-                f"{name}: numeric HVP check FAILED for "
-                + "; ".join(f"(H v) for {a.arg} at {a.worst_index}: finite difference {a.fd!r}, "
-                            f"HVP kernel {a.derived!r}" for a in bad))
-    except Exception:
-        info.check_error = traceback.format_exc()
-        if info.kernel is None:
-            info.kernel = Kernel(None, None, f"`second_order_kernels({name!r}, \"float64\")` raised")
-        info.warnings.append(f"{name}: the HVP kernel or its numeric check raised:\n{info.check_error}")
-    return info
-
-
-# --- one layer ----------------------------------------------------------------------------
-
-@dataclass
-class LayerInfo:
-    """Everything a layer page shows, computed once per build."""
-
-    name: str
-    derivation: object = None
-    error: str | None = None         # derive.layer(name) raised: the traceback
-    forward: costs.Cost | None = None
-    backward: costs.Cost | None = None
-    cost_error: str | None = None
-    check: gradcheck.CheckResult | None = None
-    check_error: str | None = None    # the check raised
-    kernel: Kernel | None = None
-    second: SecondOrderInfo | None = None
-    used_by: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
-
-    @property
-    def summary(self) -> str:
-        if self.derivation is None:
-            return ""
-        doc = (self.derivation.doc or "").strip().splitlines()
-        return doc[0] if doc else ""
-
-
-def second_order_of(name: str) -> SecondOrderInfo:
-    """second_order_info of a built-in layer, by name (what a worker process of
-    sitegen.generate runs), one process at a time per layer (`layer_lock`)."""
-    import derive
-
-    with layer_lock(name):
-        return second_order_info(derive.layer(name))
-
-
-@contextlib.contextmanager
-def layer_lock(name: str):
-    """An exclusive lock on `<kernel cache>/../docs-locks/<name>.lock`: when a site build and the
-    docs tests run side by side on one cache, the second to reach a layer waits, then finds its
-    second-order derivation and HVP kernel in the caches instead of compiling them again. No
-    lock (no fcntl, a cache that cannot be written) is no wait."""
-    handle = None
-    try:
-        import fcntl
-
-        from compiled.cache import cache_dir
-
-        locks = cache_dir().parent / "docs-locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        handle = open(locks / f"{name}.lock", "w")
-        fcntl.flock(handle, fcntl.LOCK_EX)
-    except Exception:
-        if handle is not None:
-            handle.close()
-        handle = None
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.close()  # releases the lock
-
-
-def analyse(name: str, derive, second_order: bool = True) -> LayerInfo:
-    """Everything a layer page shows. `second_order=False` leaves `info.second` for the caller
-    (sitegen.generate computes it in worker processes)."""
-    info = LayerInfo(name)
-    try:
-        d = derive.layer(name)
-    except Exception:
-        info.error = traceback.format_exc()
-        info.warnings.append(f"derive.layer({name!r}) raised; its page shows the traceback:\n"
-                             f"{info.error}")
-        return info
-    info.derivation = d
-    try:
-        info.forward = costs.forward_cost(d)
-        info.backward = costs.backward_cost(d)
-    except Exception:
-        info.cost_error = traceback.format_exc()
-        info.warnings.append(f"{name}: counting FLOPs failed:\n{info.cost_error}")
-    try:
-        info.check = gradcheck.run(d)
-        if not info.check.ok:
-            bad = [a for a in info.check.args if not a.ok]
-            info.warnings.append(
-                f"{name}: numeric gradient check FAILED for "
-                + "; ".join(f"d{a.arg} at {a.worst_index}: finite difference {a.fd!r}, derived {a.derived!r}"
-                            for a in bad))
-    except Exception:
-        info.check_error = traceback.format_exc()
-        info.warnings.append(f"{name}: the numeric gradient check raised:\n{info.check_error}")
-    info.kernel = kernel_source(name)
-    if second_order:
-        attach_second_order(info, second_order_info(d))
-    return info
-
-
-def attach_second_order(info: LayerInfo, second: SecondOrderInfo) -> None:
-    info.second = second
-    info.warnings.extend(second.warnings)
 
 
 def _args_table(d) -> str:
@@ -297,21 +118,15 @@ def _args_table(d) -> str:
 
 
 def plain_text(d) -> str:
-    """The derivation as `symgrad derive NAME` prints it (its own renderer when importable)."""
-    try:
-        from symgrad.derive_cmd import render_text
-        return render_text(d)
-    except Exception:
-        return "\n".join(f"{s.kind:<11} {s.text}" for s in d.steps)
+    """The derivation as `symgrad derive NAME` prints it."""
+    from symgrad.derive_cmd import render_text
+    return render_text(d)
 
 
 def plain_text_order2(so) -> str:
     """The second-order derivation as `symgrad derive NAME --order 2` prints it."""
-    try:
-        from symgrad.derive_cmd import render_text_order2
-        return render_text_order2(so)
-    except Exception:
-        return "\n".join(f"{s.kind:<11} {s.text}" for s in so.steps)
+    from symgrad.derive_cmd import render_text_order2
+    return render_text_order2(so)
 
 
 def steps_markdown(steps, start: int = 0, notes: dict | None = None) -> tuple[list, int]:
@@ -462,9 +277,9 @@ def _names(mapping: dict) -> str:
 
 def second_order_section(info: LayerInfo) -> str:
     s2, d = info.second, info.derivation
-    out = ["## Second order\n"]
     if s2 is None:
         return ""
+    out = ["## Second order\n"]
     if s2.error:
         out.append(f'!!! failure "derive.second_order(\\"{info.name}\\") raised"\n\n'
                    + indent("```text\n" + s2.error + "```") + "\n")
@@ -552,7 +367,7 @@ def _hvp_check(s2: SecondOrderInfo) -> str:
         ("H v for", "relative error"), lambda a: a, "HVP kernel")
 
 
-def layer_page(info: LayerInfo, known: set) -> str:
+def layer_page(info: LayerInfo) -> str:
     name = info.name
     out = [f"# {name}\n"]
     if info.derivation is None:
@@ -566,11 +381,10 @@ def layer_page(info: LayerInfo, known: set) -> str:
     outs = ", ".join(f"`{o.name}` ({inline(shape_tex(o.shape))})" for o in d.outputs)
     saved = ", ".join(f"`{t.name}`" for t in d.saved)
     out.append(f"Output: {outs}. Saved by the forward pass for the backward: {saved}.\n")
-    uses = [u for u in getattr(d.graph, "uses", []) or []]
-    if uses:
-        out.append("This derivation reuses " + ", ".join(_link(u, known) for u in uses) + ".\n")
+    if d.graph.uses:
+        out.append("This derivation reuses " + ", ".join(_link(u) for u in d.graph.uses) + ".\n")
     if info.used_by:
-        out.append("Used by " + ", ".join(_link(u, known) for u in info.used_by) + ".\n")
+        out.append("Used by " + ", ".join(_link(u) for u in info.used_by) + ".\n")
     out.append(_derivation_section(d))
     out.append(_kernel_section(info))
     out.append(_cost_section(info))
@@ -579,7 +393,7 @@ def layer_page(info: LayerInfo, known: set) -> str:
     return "\n".join(out)
 
 
-def _link(name: str, known: set) -> str:
+def _link(name: str) -> str:
     # A link to a page that is not generated is left for mkdocs --strict to report.
     return f"[{name}]({name}.md)"
 
@@ -643,66 +457,16 @@ def index_page(infos: list[LayerInfo]) -> str:
 
 # --- optimizers ---------------------------------------------------------------------------
 
-@dataclass
-class OptimizerInfo:
-    slug: str
-    cls: type
-    names: list
-    rule: str | None
-    derivation: object = None
-    error: str | None = None
-
-
-def discover_optimizers():
-    """(infos, reason): optimizer classes from models.optimizers (or models.optim), or why none.
-
-    Uses the module's OPTIMIZERS registry {name: class} when it has one, else every public class
-    with a `step` method defined in it."""
-    import importlib
-
-    mod, errors = None, []
-    for modname in ("models.optimizers", "models.optim"):
-        try:
-            mod = importlib.import_module(modname)
-            break
-        except Exception as e:
-            errors.append(f"{modname}: {type(e).__name__}: {e}")
-    if mod is None:
-        return [], "; ".join(errors)
-    registry = getattr(mod, "OPTIMIZERS", None)
-    if not isinstance(registry, dict):
-        registry = {n.lower(): c for n, c in vars(mod).items()
-                    if isinstance(c, type) and not n.startswith("_") and c.__module__ == mod.__name__
-                    and callable(getattr(c, "step", None)) and n != "Optimizer"}
-    by_cls: dict = {}
-    for name, cls in registry.items():
-        by_cls.setdefault(cls, []).append(name)
-    infos = []
-    for cls, names in by_cls.items():
-        rule = getattr(cls, "rule", None)
-        info = OptimizerInfo(cls.__name__.lower(), cls, names, rule if isinstance(rule, str) else None)
-        if info.rule:
-            try:
-                rules = importlib.import_module("models.rules")
-                info.derivation = rules.rule(info.rule)
-            except Exception:
-                info.error = traceback.format_exc()
-        infos.append(info)
-    return infos, None
-
-
 def optimizer_page(info: OptimizerInfo) -> str:
     cls = info.cls
     out = [f"# {cls.__name__}\n"]
     names = ", ".join(f"`{n}`" for n in info.names)
     out.append(f"`models.{cls.__name__}`; by name: {names}.\n")
-    doc = (cls.__doc__ or "").strip()
-    if doc and doc != (getattr(cls.__mro__[1], "__doc__", None) or "").strip():
-        out.append(text(doc) + "\n")
-    defaults = getattr(cls, "defaults", None)
-    if isinstance(defaults, dict) and defaults:
+    if cls.__doc__:  # its own (a class's __doc__ is not inherited)
+        out.append(text(cls.__doc__.strip()) + "\n")
+    if cls.defaults:
         out.append("| hyper-parameter | default |\n|---|---|")
-        out.append("\n".join(f"| `{k}` | `{v}` |" for k, v in defaults.items()) + "\n")
+        out.append("\n".join(f"| `{k}` | `{v}` |" for k, v in cls.defaults.items()) + "\n")
     if info.error:
         out.append('!!! failure "Deriving the update rule raised"\n\n'
                    + indent("```text\n" + info.error + "```") + "\n")
@@ -727,7 +491,7 @@ def optimizer_index(infos: list[OptimizerInfo], reason: str | None) -> str:
     out = ["# Optimizers\n"]
     if reason is not None:
         out.append('!!! info "No optimizer pages in this build"\n\n'
-                   + indent("The pages are generated from `models.optimizers`, which could not be "
+                   + indent("The pages are generated from `models.optim`, which could not be "
                             f"imported: {text(reason)}") + "\n")
         out.append("The update rules are described in [Gradient descent and its variants]"
                    "(../guides/gradient-descent.md).\n")
@@ -738,6 +502,6 @@ def optimizer_index(infos: list[OptimizerInfo], reason: str | None) -> str:
     out.append("| optimizer | names | rule |\n|---|---|---|")
     for i in infos:
         out.append(f"| [{i.cls.__name__}]({i.slug}.md) | {', '.join(f'`{n}`' for n in i.names)} | "
-                   f"`{i.rule or ''}` |")
+                   f"`{i.rule}` |")
     out.append("")
     return "\n".join(out)
