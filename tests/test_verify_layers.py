@@ -644,7 +644,7 @@ def _verify(name, wrt, fn):
     # (no output position: a ValueError inside verify); the counterexample is then the failing case
     import importlib
     from unittest import mock
-    with mock.patch.object(importlib.import_module("derive.verify"), "SHRINK_BUDGET", 0):
+    with mock.patch.object(importlib.import_module("derive.verify_shrink"), "SHRINK_BUDGET", 0):
         return verify(name, wrt, fn, trials=HEAVY.get(name, 3), seed=1, shapes=SHAPES[name])
 
 
