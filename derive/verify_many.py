@@ -29,8 +29,10 @@ import sympy as sp
 
 from .equivalence import CandidateError, normalize
 from .errors import DeriveError
-from .verify import (VerifyReport, _bad_option, _CandidateFailed, _cases, _check_wrt, _fmt,
-                     _FunctionCandidate, _judge, _resolve, _settings, _SympyCandidate)
+from .verify import _bad_option, _check_wrt, _judge, _resolve, _settings
+from .verify_candidates import _CandidateFailed, _FunctionCandidate, _SympyCandidate
+from .verify_cases import _cases
+from .verify_report import _fmt, VerifyReport
 
 __all__ = ["verify_many", "GradientsReport"]
 

@@ -55,10 +55,11 @@ from . import finite_differences, reference
 from .equivalence import CandidateError, namespace, normalize, parse
 from .errors import DeriveError
 from .steps import text as _text
-from .verify import (CaseResult, VerifyReport, _bad_option, _CandidateFailed, _cases, _check_wrt,
-                     _compare, _describe, _dims_dict, _fd_error, _FunctionCandidate, _point, _Point,
-                     _real_array, _resolve, _run, _settings, _simple, _symbolic, _Unreliable,
-                     _VJPCheck)
+from .verify import _bad_option, _check_wrt, _resolve, _settings, _symbolic
+from .verify_candidates import _CandidateFailed, _describe, _FunctionCandidate, _real_array
+from .verify_cases import _cases, _point, _simple
+from .verify_check import _compare, _dims_dict, _fd_error, _Point, _run, _Unreliable, _VJPCheck
+from .verify_report import CaseResult, VerifyReport
 
 __all__ = ["verify_order2", "hessian_symbols", "FULL_MAX"]
 

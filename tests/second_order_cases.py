@@ -8,7 +8,7 @@ import numpy as np
 import sympy as sp
 
 import derive
-from tests import defined_layers, layer_cases, torch_layers
+from tests import defined_layers, layers
 
 
 def quadratic_form(G):
@@ -43,6 +43,7 @@ def low_rank(G):
 
 MATRIXCALCULUS = {"mc_quadratic": quadratic_form, "mc_logistic": logistic_loss, "mc_lowrank": low_rank}
 TEST_ONLY = [*defined_layers.BUILDERS, *MATRIXCALCULUS]
+NAMES = [*layers.specified(), *TEST_ONLY]  # the built-in layers (those with a test spec), the test-only ones
 _defined: dict = {}
 
 
@@ -58,7 +59,7 @@ def layer(name):
 
 def cases(name, seed=0):
     if name in derive.layers():
-        return layer_cases.cases(name, seed)
+        return layers.cases(name, seed)
     rng = np.random.default_rng(seed)
     r = rng.standard_normal
     if name == "t_swish":
@@ -80,7 +81,7 @@ def torch_forward(name, t):
     import torch
 
     if name in derive.layers():
-        return torch_layers.forward(name, t)
+        return layers.forward(name, t)
     if name == "t_swish":
         return {"y": t["x"] * torch.sigmoid(t["x"])}
     if name == "t_bilinear":

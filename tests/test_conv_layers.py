@@ -20,7 +20,7 @@ import pytest
 
 import derive
 from derive import reference
-from tests import torch_layers
+from tests import layers
 from tests.gradcheck import assert_close, central_differences, reference_loss, upstream_for
 
 STEP = 1e-3
@@ -57,7 +57,7 @@ POOLS = ["max_pool2d", "max_pool2d_k3_s1", "max_pool2d_k3", "max_pool2d_k1_s1", 
 def _torch_grads(name, args, ups, d):
     torch = pytest.importorskip("torch")
     t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in args.items()}
-    outs = torch_layers.forward(name, t)
+    outs = layers.forward(name, t)
     sum((torch.as_tensor(ups[d.upstream(o)]) * y).sum() for o, y in outs.items()).backward()
     return {k: v.grad.numpy() for k, v in t.items()}, {k: v.detach().numpy() for k, v in outs.items()}
 

@@ -473,21 +473,18 @@ def test_contributing_names_the_module_of_every_model_and_every_training_task():
             assert f"`{task}`" in section, f"docs/contributing.md's 'A model' lacks {task} (models/{path.name})"
 
 
-def test_contributing_lists_files_that_exist_and_tables_every_layer_is_in():
-    from tests import layer_cases, test_verify_layers
+def test_contributing_lists_files_that_exist_and_where_every_layer_is_tested_and_listed():
+    from tests import layers
 
     md = (ROOT / "docs" / "contributing.md").read_text()
     paths = set(re.findall(r"`((?:derive|compiled|models|symgrad|tests|docs)/[\w/.]+\.(?:py|md))`", md))
     assert len(paths) > 15 and "README.md" in md
     missing = [p for p in sorted(paths) if not (ROOT / p).is_file()]
     assert not missing, f"docs/contributing.md names files that do not exist: {missing}"
+    assert "`tests/layers/<layer>.py`" in md, "docs/contributing.md does not say where a layer's test spec is"
+    for name in layers.specified():  # a spec is read from the file the page names (a missing one
+        # fails tests/test_layer_specs.py)
+        assert Path(layers.spec(name).__file__) == ROOT / "tests" / "layers" / f"{name}.py", name
     readme = (ROOT / "README.md").read_text()
     for name in derive.layers():
-        assert layer_cases.cases(name), name
-        assert name in test_verify_layers.RIGHT and name in test_verify_layers.WRONG, name
         assert f"`{name}`" in readme, f"README.md's list of built-in layers lacks {name}"
-    torch = pytest.importorskip("torch")
-    from tests import torch_layers
-    for name in derive.layers():  # a PyTorch reference for each (KeyError names the file otherwise)
-        _, args = layer_cases.cases(name)[0]
-        torch_layers.forward(name, {k: torch.as_tensor(v) for k, v in args.items()})

@@ -15,8 +15,8 @@ from derive.equivalence import Proof
 from derive.verify import VERDICTS, candidate_symbols, verify
 from symgrad.testing import assert_gradient
 from tests.defined_layers import bilinear, swish
-from tests.test_verify_layers import (linear_dW_outer_of_sums, softmax_dx_jacobian,
-                                      softmax_dx_no_cross_term)
+from tests.layers.linear import linear_dW_outer_of_sums
+from tests.layers.softmax import softmax_dx_jacobian, softmax_dx_no_cross_term
 
 # the module, not the function `derive.verify` that derive/__init__ exports under the same name
 verify_module = importlib.import_module("derive.verify")

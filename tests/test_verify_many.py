@@ -15,8 +15,7 @@ from derive.verify import verify
 from derive.verify_many import GradientsReport
 from symgrad.testing import assert_gradient
 from symgrad.verify_cmd import main
-from tests.test_verify_layers import (layernorm_dbeta, layernorm_dgamma, layernorm_dgamma_no_xhat,
-                                      layernorm_dx)
+from tests.layers.layernorm import layernorm_dbeta, layernorm_dgamma, layernorm_dgamma_no_xhat, layernorm_dx
 from tests.verify_cli import candidates_file, run_cli
 
 SQUARE = [{"N": 3, "I": 2, "O": 3}, {"N": 2, "I": 4, "O": 2}, {"N": 4, "I": 1, "O": 4}]  # N == O

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from derive.verify import verify
-from tests.test_verify_layers import RIGHT
+from tests.layers import spec
 
 # Correct SymPy candidates, written by hand in the layer's index notation (not the engine's form).
 SYMPY_RIGHT = [
@@ -29,7 +29,7 @@ SYMPY_RIGHT = [
 ]
 FAST = ("linear", "relu", "tanh", "sigmoid", "gelu", "gelu_erf", "softmax", "log_softmax",
         "cross_entropy", "mse", "layernorm", "embedding", "residual")
-FUNCTION_RIGHT = [(name, wrt, fn) for name in FAST for wrt, fn, _ in RIGHT[name]]
+FUNCTION_RIGHT = [(name, wrt, fn) for name in FAST for wrt, fn, _ in spec(name).RIGHT]
 
 
 def _value_adds(expr):

@@ -17,7 +17,6 @@ import derive
 from compiled import api
 from tests.defined_layers import BUILDERS
 from tests.compiled.test_kernels import BUILTINS, _cast, _random_cases
-from tests.layer_cases import cases as layer_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +28,7 @@ import numpy as np
 import compiled, derive
 from tests.defined_layers import defined, BUILDERS
 from tests.compiled.test_kernels import _cast, _random_cases
-from tests.layer_cases import cases
+from tests.layers import cases
 names = json.loads(sys.argv[1])
 stats = {}
 for n in names:

@@ -16,7 +16,7 @@ import pytest
 
 import compiled
 import derive
-from tests import torch_layers
+from tests import layers
 from tests.gradcheck import assert_close
 
 CASES = [  # (layer, shapes, dtype): a few, each compiles in seconds
@@ -39,7 +39,7 @@ def _inputs(name, shapes, rng):
 def _torch(name, args, g):
     torch = pytest.importorskip("torch")
     t = {k: torch.tensor(v, requires_grad=True) for k, v in args.items()}
-    y = torch_layers.forward(name, t)["y"]
+    y = layers.forward(name, t)["y"]
     (y * torch.as_tensor(g)).sum().backward()
     return y.detach().numpy(), {k: v.grad.numpy() for k, v in t.items()}
 

@@ -18,7 +18,7 @@ import compiled
 import derive
 from derive import reference
 from tests.defined_layers import BUILDERS, defined
-from tests.layer_cases import cases as layer_cases
+from tests.layers import cases as layer_cases
 
 ILL_CONDITIONED = ("1e3", "near-constant", "large")  # skipped for float32-vs-float64 only
 

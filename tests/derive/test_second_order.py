@@ -12,8 +12,7 @@ from derive.second_order import definition_key, has_small_hessian, second_order
 from tests.gradcheck import assert_close, torch_or_skip
 from tests import second_order_cases as soc
 
-NAMES = [*derive.layers(), *soc.TEST_ONLY]
-ALL = [(name, label, args) for name in NAMES for label, args in soc.cases(name)]
+ALL = [(name, label, args) for name in soc.NAMES for label, args in soc.cases(name)]
 IDS = [f"{n}-{label}" for n, label, _ in ALL]
 
 
@@ -81,7 +80,7 @@ def _hessian_values(so, h, args, ups=None):
     return reference.evaluate(h.expr.subs(dims), h.a_indices + h.b_indices, vals, ext)
 
 
-SMALL = [n for n in NAMES if has_small_hessian(soc.layer(n).graph)]
+SMALL = [n for n in soc.NAMES if has_small_hessian(soc.layer(n).graph)]
 
 
 @pytest.mark.parametrize("name", SMALL)
