@@ -1,6 +1,6 @@
 """compiled: derived gradients printed into cached Numba kernels.
 
-    >>> import compiled
+    >>> from symgrad import compiled
     >>> k = compiled.kernels("softmax", dtype="float64")
     >>> s = k.forward(x=x)["s"]
     >>> dx = k.backward(g=g, s=s)["x"]

@@ -308,7 +308,7 @@ class Kernels:
 def _id_bounds(d):
     """For each integer argument, the extent of the axis it indexes, as a function of the dims
     (derive.indices.integer_ranges: the range check at each call)."""
-    from derive.indices import integer_ranges
+    from symgrad.derive.indices import integer_ranges
     dims = list(d.graph.dims_)
     return {name: sp.lambdify(dims, sp.sympify(extent), "math") for name, extent in integer_ranges(d).items()}
 
@@ -320,7 +320,7 @@ def kernels(name_or_derivation, dtype: str = "float32", blas: bool = True, paral
         dtype = np.dtype(dtype).name
     if dtype not in _DTYPES:
         raise KernelError(f"kernels: dtype must be 'float32' or 'float64', got {dtype!r}")
-    import derive
+    from symgrad import derive
     d = derive.resolve(name_or_derivation)
     key = layer_key(d, dtype + ("" if blas else "-noblas") + ("" if parallel else "-serial"))
     with _lock:

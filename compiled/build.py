@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from derive import steps
-from derive.cache import canonical  # one text of a graph, for cache keys (derive's too)
-from derive.derivation import lhs_of
-from derive.errors import DeriveError
-from derive.functions import REDUCTIONS, Iverson
+from symgrad.derive import steps
+from symgrad.derive.cache import canonical  # one text of a graph, for cache keys (derive's too)
+from symgrad.derive.derivation import lhs_of
+from symgrad.derive.errors import DeriveError
+from symgrad.derive.functions import REDUCTIONS, Iverson
 
 from . import elementary
 from .blas import CACHE_TAG as BLAS_TAG, backend as blas_backend
@@ -438,7 +438,7 @@ def module_source(d, dtype: str, key: str, blas: bool = True, parallel: bool = T
         "from numba import njit" + (", prange" if mb.parallel else ""),
         *sorted(set(elementary.imports(mb.used)) | set(helper_imports(mb.helpers))),
         *(["from numba.core.cpu_options import ParallelOptions"] if mb.parallel else []),
-        *([f"from compiled.blas import {', '.join(sorted(mb.gemm))}  # out = a @ b: {blas_backend()} "
+        *([f"from symgrad.compiled.blas import {', '.join(sorted(mb.gemm))}  # out = a @ b: {blas_backend()} "
            f"(compiled/blas.py)"] if mb.gemm else []),
         "",
         f"F = np.{dtype}",

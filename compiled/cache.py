@@ -37,7 +37,7 @@ _scratch: dict = {}  # a cache dir that cannot be written -> the temporary one u
 
 
 def cache_dir() -> Path:
-    from derive.cache import cache_root
+    from symgrad.derive.cache import cache_root
     path = cache_root() / "kernels"
     if path in _scratch:
         return _scratch[path]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from derive.functions import REDUCTIONS, Iverson, MaxOver, limits_of, rename_bound
+from symgrad.derive.functions import REDUCTIONS, Iverson, MaxOver, limits_of, rename_bound
 
 
 @dataclass

@@ -16,7 +16,7 @@ import sympy as sp
 from sympy.printing.precedence import precedence
 from sympy.printing.str import StrPrinter
 
-from derive.functions import Iverson, MaxOver
+from symgrad.derive.functions import Iverson, MaxOver
 
 # sympy function -> the Numba-supported call that prints it (np.* keeps float32 as float32).
 _CALLS = {

@@ -84,7 +84,7 @@ _loaded: dict = {}
 
 def second_order_kernels(name_or_derivation, dtype: str = "float32") -> SecondOrderKernels:
     """The compiled JVP and HVP of a built-in layer (by name) or of any derive.define derivation."""
-    from derive.second_order import second_order
+    from symgrad.derive.second_order import second_order
 
     if isinstance(dtype, type) or isinstance(dtype, np.dtype):
         dtype = np.dtype(dtype).name

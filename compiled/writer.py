@@ -49,7 +49,7 @@ import sympy as sp
 
 from .lower import Dot, Nest, reductions, _canon_bound, _reads
 from .printer import print_index, print_value
-from derive.functions import REDUCTIONS, Iverson, MaxOver, body_of, limits_of
+from symgrad.derive.functions import REDUCTIONS, Iverson, MaxOver, body_of, limits_of
 
 # Loop helpers a kernel may call, copied into its generated file (Numba's cache sees only that
 # file): name -> (source, import lines).

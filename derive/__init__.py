@@ -1,6 +1,6 @@
 """derive: SymPy derives every layer's gradient from its forward definition.
 
-    >>> import derive
+    >>> from symgrad import derive
     >>> d = derive.layer("softmax")
     >>> print(d.grad("x"))          # dx[i,j] = s[i,j]*(g[i,j] - Sum(g[i,j']*s[i,j']))
 

@@ -93,7 +93,7 @@ def _load():
     """Import every module of derive/builtin (each registers its layers with @layer)."""
     from . import builtin
     for m in sorted(i.name for i in pkgutil.iter_modules(builtin.__path__)):
-        importlib.import_module(f"derive.builtin.{m}")
+        importlib.import_module(f"symgrad.derive.builtin.{m}")
 
 
 def names() -> list[str]:

@@ -280,8 +280,7 @@ _memo: dict = {}
 def second_order(name_or_derivation) -> SecondOrder:
     """The second-order derivation of a built-in layer (by name) or of any derive.define
     Derivation: derived once per definition, then read from the on-disk cache."""
-    import derive
-
+    from symgrad import derive
     d = derive.resolve(name_or_derivation)
     key = f"{_safe(d.name)}-order2-{definition_key(d.graph)}"
     if key not in _memo:

@@ -1,7 +1,7 @@
 """Check a gradient someone derived by hand against the derivation.
 
-    >>> import derive
-    >>> from derive.verify import verify
+    >>> from symgrad import derive
+    >>> from symgrad.derive.verify import verify
     >>> def dx(g, x):                          # softmax backward via the explicit Jacobian
     ...     s = np.exp(x - x.max(-1, keepdims=True)); s /= s.sum(-1, keepdims=True)
     ...     J = s[:, :, None] * (np.eye(x.shape[1]) - s[:, None, :])

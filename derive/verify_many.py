@@ -1,6 +1,6 @@
 """Check a backward pass that returns several gradients at once, as hand-written ones do.
 
-    >>> from derive.verify import verify
+    >>> from symgrad.derive.verify import verify
     >>> def backward(g, x, W):                     # CS231n's backward(dout, cache), by name
     ...     return g @ W.T, x.T @ g, g.sum(axis=0)
     >>> print(verify("linear", "x,W,b", backward))  # one verdict, and one per gradient

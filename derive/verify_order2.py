@@ -1,6 +1,6 @@
 """Check a Hessian or a Hessian-vector product someone derived by hand (`verify(..., order=2)`).
 
-    >>> from derive.verify import verify
+    >>> from symgrad.derive.verify import verify
     >>> def H(logits):                           # cross-entropy: (diag(p) - p p^T) / N per row
     ...     p = np.exp(logits - logits.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
     ...     N, V = p.shape
@@ -128,8 +128,8 @@ def _abbreviated(diff, d) -> str:
 
 def _hvp_kernels(d):
     """The compiled float64 JVP/HVP kernels of `d` (DeriveError naming the layer if they fail)."""
-    from compiled import KernelError
-    from compiled.second_order import second_order_kernels
+    from symgrad.compiled import KernelError
+    from symgrad.compiled.second_order import second_order_kernels
 
     try:
         return second_order_kernels(d, "float64")

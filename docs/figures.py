@@ -58,7 +58,7 @@ def _rounded(rows, digits=5):
 def from_checkpoint(path) -> dict:
     """The loss curves and configuration stored in a symgrad checkpoint (file or run folder)."""
     sys.path.insert(0, str(ROOT))
-    from models import checkpoint
+    from symgrad.models import checkpoint
 
     ck = checkpoint.load(path)
     meta = ck["meta"]
@@ -92,9 +92,9 @@ def record_mlp(steps: int, eval_interval: int | None = None, seed: int = 0, lr: 
     """Train the MLP of `symgrad train mlp` (two spirals, Adam lr 0.01, full batch) with
     models.trainer.Trainer and return its loss curves."""
     sys.path.insert(0, str(ROOT))
-    from models.mlp import MLPTask
-    from models.optim import make_optimizer
-    from models.trainer import Trainer
+    from symgrad.models.mlp import MLPTask
+    from symgrad.models.optim import make_optimizer
+    from symgrad.models.trainer import Trainer
 
     task = MLPTask(seed=seed)
     opt = make_optimizer("adam", task.model.parameters(), lr=lr)
@@ -191,7 +191,7 @@ def _gradient_fn(d):
     """(x, y) -> (df/dx, df/dy) from the derived backward of `d`: the compiled float64 kernel,
     or derive.reference's evaluator of the same expressions when compiled/ is unavailable."""
     try:
-        import compiled
+        from symgrad import compiled
         k = compiled.kernels(d, "float64")
 
         def grad(x, y):
@@ -203,7 +203,7 @@ def _gradient_fn(d):
                 .reshape(X.shape)
         return grad, value, "compiled"
     except ImportError:
-        from derive import reference
+        from symgrad.derive import reference
 
         def grad(x, y):
             r = reference.vjp(d, {"g": np.ones(1)}, {"x": np.array([x]), "y": np.array([y])})
@@ -217,9 +217,8 @@ def _gradient_fn(d):
 def trajectories(steps: int = STEPS, start=START, runs=None) -> Trajectories:
     """Run each optimizer of `runs` from `start` for `steps` steps on the Rosenbrock layer."""
     sys.path.insert(0, str(ROOT))
-    import derive
-    import models
-
+    from symgrad import derive
+    from symgrad import models
     t0 = time.perf_counter()
     d = derive.define("rosenbrock", rosenbrock)
     grad, value, backend = _gradient_fn(d)

@@ -44,12 +44,11 @@ ROOT = DOCS.parent
 
 
 def _paths():
-    """docs/ (for sitegen, fetch_assets) and the repository root (for derive/, compiled/,
-    models/ in a checkout that is not pip-installed) on sys.path. MkDocs restores sys.path after
-    loading a hook, so this runs again before each import."""
-    for p in (str(ROOT), str(DOCS)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+    """docs/ on sys.path (for sitegen, fetch_assets; symgrad.derive and the rest come from the
+    install). MkDocs restores sys.path after loading a hook, so this runs again before each
+    import."""
+    if str(DOCS) not in sys.path:
+        sys.path.insert(0, str(DOCS))
 
 
 _paths()
@@ -170,7 +169,7 @@ def _printed_step() -> str:
     _paths()
     try:
         import numpy as np
-        from models.gpt import GPT, GPTConfig
+        from symgrad.models.gpt import GPT, GPTConfig
 
         cfg = GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16)
         m = GPT(cfg, seed=0)
@@ -191,10 +190,10 @@ def _derive_output(name: str, order2: bool) -> str:
         from symgrad import derive_cmd
 
         if order2:
-            from derive.second_order import second_order
+            from symgrad.derive.second_order import second_order
             text = derive_cmd.render_text_order2(second_order(name))
         else:
-            import derive
+            from symgrad import derive
             text = derive_cmd.render_text(derive.layer(name))
     except Exception as e:
         log.warning(f"symgrad: cannot show `symgrad derive {name}`: {type(e).__name__}: {e}")

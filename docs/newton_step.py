@@ -23,7 +23,7 @@ def data(n: int = 60, d: int = 2, classes: int = 3, seed: int = 0):
 def run(steps: int = 8):
     """Newton-CG from zero weights to |gradient| <= 1e-10 (float64 rounding sits near 1e-11 here);
     returns the Objective and the Trace."""
-    from models import newton
+    from symgrad.models import newton
 
     x, y = data()
     model = newton.logistic_regression(x, y)

@@ -7,7 +7,7 @@ a value is used twice read off the graph) and prints it into a real file in the 
 buffer; optimizer update rules are SymPy definitions too (`models.rules`), printed into one
 fused kernel that updates that whole buffer at once.
 
-    >>> import models
+    >>> from symgrad import models
     >>> m = models.GPT(models.GPTConfig(), seed=0)
     >>> opt = models.AdamW(m.parameters(), lr=1e-3)
     >>> m.zero_grad(); _, loss = m(x, y); m.backward(); opt.step()

@@ -92,8 +92,7 @@ def symgrad_calls(cfg_dict, batch, threads, profile_steps):
     """symgrad's side: `step` on `threads` threads (the step picks 1..threads by measurement,
     models/threads.py), and the queries `weights` (the initial parameters, for the peers),
     `info` (the products its step calls among them), `profile` and `memory`."""
-    import compiled
-
+    from symgrad import compiled
     from . import threads as pool
     from .gpt import GPTConfig
     from .profile import profile
@@ -130,8 +129,7 @@ def symgrad_calls(cfg_dict, batch, threads, profile_steps):
 def floor_calls(gemms, dtype, threads):
     """The floor's side: `floor`, symgrad's step's products alone (models.floor), and `peak`
     (GFLOP/s of one large sgemm), both on all `threads` threads, as symgrad's kernels run them."""
-    import compiled
-
+    from symgrad import compiled
     compiled.set_threads(threads)
     floor, peak = build_floor(gemms, dtype), build_peak(dtype)
     floor()
@@ -209,12 +207,12 @@ def _run(a, peers, n_load, cfg, batch):
 
     reference = cfg is None
     cfg = GPTConfig() if cfg is None else cfg
-    with Sides({"symgrad": ("models.bench:symgrad_calls", (cfg.as_dict(), batch, a.threads, a.steps))}) as sides:
+    with Sides({"symgrad": ("symgrad.models.bench:symgrad_calls", (cfg.as_dict(), batch, a.threads, a.steps))}) as sides:
         weights = sides["symgrad"].ask("weights")
         gemms = sides["symgrad"].ask("info")["gemms"]
         for p in peers:  # every peer starts from symgrad's initial weights
-            sides.add(p, "models.bench:torch_calls", (p, cfg.as_dict(), weights, batch, a.threads))
-        floor = sides.add("floor", "models.bench:floor_calls", (gemms, cfg.dtype, a.threads))
+            sides.add(p, "symgrad.models.bench:torch_calls", (p, cfg.as_dict(), weights, batch, a.threads))
+        floor = sides.add("floor", "symgrad.models.bench:floor_calls", (gemms, cfg.dtype, a.threads))
         ms = {"symgrad": [], "floor": [], **{p: [] for p in peers}}
         gflops = []
         for _ in range(a.rounds):

@@ -24,8 +24,7 @@ def symgrad_calls(cfg_dict, batch, threads, seed=0):
     """symgrad's side (in its own process, models.sides): `hvp`, H v by the tangent forward and
     the tangent of the backward; the queries `weights` and `direction` (for the peer),
     `result` (the last H v by parameter name) and `first_call_s`."""
-    import compiled
-
+    from symgrad import compiled
     from .bench import _batch
     from .gpt import GPT, GPTConfig
 
@@ -91,9 +90,9 @@ def run(a, cfg=None, batch=BATCH) -> dict:
     from .sides import Sides
 
     cfg = GPTConfig() if cfg is None else cfg
-    with Sides({"symgrad": ("models.bench_hvp:symgrad_calls", (cfg.as_dict(), batch, a.threads))}) as sides:
+    with Sides({"symgrad": ("symgrad.models.bench_hvp:symgrad_calls", (cfg.as_dict(), batch, a.threads))}) as sides:
         ours = sides["symgrad"]
-        sides.add("torch", "models.bench_hvp:torch_calls",
+        sides.add("torch", "symgrad.models.bench_hvp:torch_calls",
                   (cfg.as_dict(), ours.ask("weights"), ours.ask("direction"), batch, a.threads))
         ms = {"symgrad": [], "torch": []}
         for _ in range(a.rounds):

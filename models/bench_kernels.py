@@ -53,8 +53,7 @@ NAMES = ("linear", "gelu", "softmax", "layernorm", "cross_entropy", "attention",
 
 def symgrad_calls(threads, only=None):
     """symgrad's side: one closure per case, forward then backward of the compiled layer."""
-    import compiled
-
+    from symgrad import compiled
     compiled.set_threads(threads)
     d = _data(**SHAPES)
     calls = {}
@@ -161,8 +160,8 @@ def run(rounds=7, target_s=0.05, only=None, threads=2) -> list:
     if bad:
         raise ValueError(f"unknown kernel(s) {', '.join(bad)}; one of: {', '.join(NAMES)}")
     results = []
-    with Sides({"symgrad": ("models.bench_kernels:symgrad_calls", (threads, only)),
-                "torch": ("models.bench_kernels:torch_calls", (threads, only))}) as sides:
+    with Sides({"symgrad": ("symgrad.models.bench_kernels:symgrad_calls", (threads, only)),
+                "torch": ("symgrad.models.bench_kernels:torch_calls", (threads, only))}) as sides:
         layer = None
         for name in only:
             for side in sides.values():  # warm up (allocator, first calls)

@@ -11,7 +11,7 @@ import numpy as np
 
 def tinyshakespeare_path() -> Path:
     """The shipped copy of Karpathy's char-rnn tinyshakespeare (public domain; see data/SOURCE.md)."""
-    return Path(str(resources.files("models") / "data" / "tinyshakespeare.txt"))
+    return Path(str(resources.files("symgrad.models") / "data" / "tinyshakespeare.txt"))
 
 
 class DataError(ValueError):

@@ -43,7 +43,7 @@ def matmul_flops(gemms) -> int:
 
 def gemm_routine():
     """(gemm, name): the matrix product the kernels call (compiled/blas.py), the one switch."""
-    from compiled import blas
+    from symgrad.compiled import blas
     return blas.gemm, f"compiled.blas.gemm ({blas.backend()})"
 
 
@@ -60,7 +60,7 @@ def _floor_kernel():
     global _FLOOR
     if _FLOOR is None:
         import numba
-        from compiled.blas import gemm
+        from symgrad.compiled.blas import gemm
 
         @numba.njit
         def product(A, B, O, row, r0, r1):

@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import derive
-
+from symgrad import derive
 ALIGN = 16  # elements: parameter and buffer offsets are 64-byte aligned for float32
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiled.second_order import second_order_kernels
+from symgrad.compiled.second_order import second_order_kernels
 
 from .graph import GraphError, ModelGraph, Value
 from .plan import kernels_of

@@ -24,9 +24,8 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-import compiled
-
-from compiled.build import ident as kernel_ident
+from symgrad import compiled
+from symgrad.compiled.build import ident as kernel_ident
 
 from .graph import GraphError, Node, Value, aligned
 

@@ -18,9 +18,7 @@ from functools import lru_cache
 
 from sympy import sqrt
 
-import derive
-
-
+from symgrad import derive
 def _start(G):
     (n,) = G.dims("n")
     p = G.input("p", (n,))

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import compiled
-
-
+from symgrad import compiled
 class SampleError(ValueError):
     """The model cannot be sampled: its next-token logits are not finite (a diverged run)."""
 

@@ -8,8 +8,8 @@ instead of ~45 (2-vCPU AMD EPYC VM, 2026-12-06), which flattered every ratio mea
 The processes take turns: while one side runs a round, the others wait on their pipes, so the
 VM's speed regime, which changes within seconds, is shared by the rounds being compared.
 
-    with Sides({"symgrad": ("models.bench:symgrad_calls", (cfg, 12, 2)),
-                "eager": ("models.bench:torch_calls", ("eager", cfg, weights, 12, 2))}) as s:
+    with Sides({"symgrad": ("symgrad.models.bench:symgrad_calls", (cfg, 12, 2)),
+                "eager": ("symgrad.models.bench:torch_calls", ("eager", cfg, weights, 12, 2))}) as s:
         s["symgrad"].time("step", 10)   # seconds per call, 10 calls
         s["eager"].ask("info")          # a call's return value
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiled import cache
+from symgrad.compiled import cache
 
 from .graph import GraphError
 from .plan import Plan, ident
@@ -103,7 +103,7 @@ class StepSource:
             '"""',
             "import numpy as np",
             "",
-            "from compiled.cache import sibling_module",
+            "from symgrad.compiled.cache import sibling_module",
             "",
             f"F = np.{g.dtype.name}",
             "",

@@ -38,7 +38,7 @@ def most() -> int:
 
 def use(n: int):
     if _current[0] != n:
-        import compiled
+        from symgrad import compiled
         _current[0] = compiled.set_threads(n)
 
 

@@ -14,8 +14,7 @@ from collections import Counter
 import numpy as np
 from sympy import exp, log
 
-import derive
-
+from symgrad import derive
 from .data import DataError
 from .graph import ModelGraph, normal
 from .module import GraphModel

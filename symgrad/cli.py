@@ -46,7 +46,7 @@ def _resolve(argv):
 
 
 def main(argv=None) -> int:
-    from derive.errors import DeriveError
+    from symgrad.derive.errors import DeriveError
 
     argv = sys.argv[1:] if argv is None else argv
     try:

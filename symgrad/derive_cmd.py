@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import derive
-from derive.derivation import lhs_of
-from derive.steps import KINDS, text
+from symgrad import derive
+from symgrad.derive.derivation import lhs_of
+from symgrad.derive.steps import KINDS, text
 
 _LABEL = {"definition": "definition", "partial": "partial", "chain": "chain rule",
           "inlined": "deltas", "simplified": "simplified"}
@@ -39,7 +39,7 @@ _LABEL2 = {"definition": "definition", "tangent": "tangent", "program": "backwar
 
 
 def render_text_order2(so) -> str:
-    from derive.second_order import KINDS as KINDS2
+    from symgrad.derive.second_order import KINDS as KINDS2
 
     d = so.first
     lines = [f"{d.name} (second order): {d.doc.splitlines()[0] if d.doc else ''}"]
@@ -52,7 +52,7 @@ def render_text_order2(so) -> str:
 
 
 def render_latex_order2(so) -> str:
-    from derive.second_order import KINDS as KINDS2
+    from symgrad.derive.second_order import KINDS as KINDS2
 
     out = [f"% {so.name} (second order)"]
     for kind in KINDS2:
@@ -69,7 +69,7 @@ def main(argv) -> int:
                    help="2: the JVP, the HVP of the backward (forward-over-reverse) and the Hessian")
     a = p.parse_args(argv)
     if a.order == 2:
-        from derive.second_order import second_order
+        from symgrad.derive.second_order import second_order
 
         so = second_order(a.name)
         print(json.dumps(so.as_dict(), indent=2) if a.format == "json" else

@@ -18,7 +18,7 @@ THREADS = 2
 
 
 def kernels_main(argv) -> int:
-    import derive  # the help names the built-in layers (as `symgrad derive --help` does)
+    from symgrad import derive  # the help names the built-in layers (as `symgrad derive --help` does)
 
     p = argparse.ArgumentParser(prog="symgrad kernels",
                                 description="Where a layer's compiled kernel lives; --show prints it.")
@@ -26,7 +26,7 @@ def kernels_main(argv) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--show", action="store_true", help="print the generated source")
     a = p.parse_args(argv)
-    import compiled
+    from symgrad import compiled
     try:
         k = compiled.kernels(a.name, a.dtype)
     except (derive.DeriveError, compiled.KernelError) as e:
@@ -41,7 +41,7 @@ def kernels_main(argv) -> int:
 
 # --- benchmark ------------------------------------------------------------------------------
 def bench_main(argv) -> int:
-    from models import bench_kernels
+    from symgrad.models import bench_kernels
 
     p = argparse.ArgumentParser(prog="symgrad bench kernels",
                                 description="Forward+backward of the compiled kernels vs PyTorch eager "
@@ -56,7 +56,7 @@ def bench_main(argv) -> int:
     a = p.parse_args(argv)
     if a.threads < 1 or a.rounds < 1:
         p.error("--threads and --rounds must be at least 1")
-    from models.sides import SideError
+    from symgrad.models.sides import SideError
     try:
         res = bench_kernels.run(a.rounds, only=a.only, threads=a.threads)
     except (ValueError, SideError) as e:  # an unknown kernel; a side that failed (torch not installed)

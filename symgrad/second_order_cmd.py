@@ -51,8 +51,8 @@ def bench_hvp_main(argv) -> int:
     a = _parse(p, argv, "symgrad bench hvp")
     if a is None:
         return 2
-    from models import bench_hvp
-    from models.sides import SideError
+    from symgrad.models import bench_hvp
+    from symgrad.models.sides import SideError
     try:
         res = bench_hvp.run(a, batch=a.batch or bench_hvp.BATCH)
     except SideError as e:  # its first line names the side and what failed (torch not installed)
@@ -71,7 +71,7 @@ def bench_newton_main(argv) -> int:
     a = _parse(p, argv, "symgrad bench newton")
     if a is None:
         return 2
-    from models import newton
+    from symgrad.models import newton
     out = {}
     for label, decades in (("well-conditioned features", 0.0), ("correlated features over 2 decades", 2.0)):
         x, y = newton.logistic_data(decades=decades)

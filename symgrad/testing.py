@@ -18,7 +18,7 @@ def assert_gradient(target, wrt: str, candidate, *, require_equivalent: bool = F
     `require_equivalent=True`). `wrt` may name several arguments, "x,W,b", for a candidate
     returning their gradients as a tuple: it passes only if every one is right. Returns the report.
     `options` go to `verify` (eps, atol, rtol, trials, seed, dtype, shapes, indices)."""
-    from derive.verify import verify
+    from symgrad.derive.verify import verify
 
     report = verify(target, wrt, candidate, **options)
     if not report.ok:

@@ -110,9 +110,9 @@ def _new_out_dir(model: str) -> Path:
 
 
 def train_main(argv) -> int:
-    from models.checkpoint import CheckpointError
-    from models.distributed import DistributedError, world
-    from models.sample import SampleError
+    from symgrad.models.checkpoint import CheckpointError
+    from symgrad.models.distributed import DistributedError, world
+    from symgrad.models.sample import SampleError
     try:
         w = world()  # under mpirun -n K: the MPI world (mpi4py), else one process
     except DistributedError as e:
@@ -135,9 +135,9 @@ def train_main(argv) -> int:
 
 
 def _common_checks(a):
-    from models import newton
-    from models.optim import OPTIMIZERS
-    from models.schedules import SCHEDULES
+    from symgrad.models import newton
+    from symgrad.models.optim import OPTIMIZERS
+    from symgrad.models.schedules import SCHEDULES
     if a.model not in MODELS:
         raise UsageError(f"unknown model '{a.model}'; choose one of: {', '.join(MODELS)}")
     if a.sharpness_every is not None and a.model != "gpt":
@@ -158,7 +158,7 @@ def _common_checks(a):
 def _train(argv) -> int:
     a = _train_parser().parse_args(argv)
     _common_checks(a)
-    from models.distributed import world
+    from symgrad.models.distributed import world
     if world().size > 1 and a.model != "gpt":
         raise UsageError(f"data-parallel training (mpirun, {world().size} ranks) is implemented for gpt, not "
                          f"{a.model}; run it in one process")
@@ -170,7 +170,7 @@ def _train(argv) -> int:
 
 def out_dir(a) -> Path:
     """--out, or a new runs/<model>-<n>; refused when it holds a checkpoint or cannot hold one."""
-    from models import checkpoint
+    from symgrad.models import checkpoint
     out = Path(a.out) if a.out else _new_out_dir(a.model)
     if (out / "ckpt.npz").exists():
         raise UsageError(f"{out / 'ckpt.npz'} exists; pass --resume {out} to continue it, or another --out")
@@ -180,7 +180,7 @@ def out_dir(a) -> Path:
 
 def load_resume(a, kind):
     """The checkpoint of --resume, refused unless it is from a `kind` run."""
-    from models import checkpoint
+    from symgrad.models import checkpoint
     try:
         ck = checkpoint.load(a.resume)
     except checkpoint.CheckpointError as e:
@@ -191,14 +191,14 @@ def load_resume(a, kind):
 
 
 def _train_gpt(a) -> int:
-    from models.data import DataError, read_text
-    from models.gpt import GPTConfig
-    from models.optim import make_optimizer
-    from models import checkpoint
-    from models.sample import default_prompt, generate
-    from models.schedules import make_schedule
-    from models.tasks import GPTTask
-    from models.trainer import Trainer
+    from symgrad.models.data import DataError, read_text
+    from symgrad.models.gpt import GPTConfig
+    from symgrad.models.optim import make_optimizer
+    from symgrad.models import checkpoint
+    from symgrad.models.sample import default_prompt, generate
+    from symgrad.models.schedules import make_schedule
+    from symgrad.models.tasks import GPTTask
+    from symgrad.models.trainer import Trainer
 
     ck = None
     if a.resume:
@@ -313,8 +313,8 @@ def sample_main(argv) -> int:
         a = p.parse_args(list(argv))
         if not (math.isfinite(a.temperature) and a.temperature > 0):
             raise UsageError(f"--temperature must be a finite number > 0, got {a.temperature}")
-        from models import checkpoint
-        from models.data import DataError
+        from symgrad.models import checkpoint
+        from symgrad.models.data import DataError
         try:
             ck = checkpoint.load(a.checkpoint)
         except checkpoint.CheckpointError as e:
@@ -322,11 +322,11 @@ def sample_main(argv) -> int:
         kind = ck["meta"]["kind"]
         try:
             if kind == "gpt":
-                from models.tasks import GPTTask
+                from symgrad.models.tasks import GPTTask
                 model, vocab = GPTTask.model_from_config(ck["meta"]["config"])
                 logits_fn = None
             elif kind in ("rnn", "lstm"):
-                from models.recurrent import char_rnn_sampler
+                from symgrad.models.recurrent import char_rnn_sampler
                 model, vocab, logits_fn = char_rnn_sampler(ck["meta"]["config"])
             else:
                 raise UsageError(f"checkpoint {ck['path']} holds a '{kind}' model, which does not sample text")
@@ -337,7 +337,7 @@ def sample_main(argv) -> int:
             model.load_state_dict(ck["params"])
         except ValueError as e:
             raise UsageError(f"corrupt checkpoint {ck['path']}: {e}") from None
-        from models.sample import SampleError, default_prompt, generate
+        from symgrad.models.sample import SampleError, default_prompt, generate
         try:
             prompt = vocab.encode(default_prompt(vocab) if a.prompt is None else a.prompt)
         except DataError as e:
@@ -383,8 +383,8 @@ def bench_main(argv) -> int:
         a = p.parse_args(list(argv))
     except UsageError as e:
         return _fail("symgrad bench", e)
-    from models import bench
-    from models.sides import SideError
+    from symgrad.models import bench
+    from symgrad.models.sides import SideError
     try:
         a.peer = bench.parse_peers(a.peer)
     except ValueError as e:

@@ -17,7 +17,7 @@ from symgrad.usage import UsageError
 
 
 def train(a) -> int:
-    from models.data import DataError, read_text
+    from symgrad.models.data import DataError, read_text
     if a.model == "cnn":
         return _cnn(a)
     if a.resume and a.model not in ("rnn", "lstm"):
@@ -34,7 +34,7 @@ def train(a) -> int:
 
 
 def _mlp(a) -> int:
-    from models.mlp import train_mlp
+    from symgrad.models.mlp import train_mlp
     model, acc, losses = train_mlp(steps=a.steps or 600, lr=a.lr if a.lr is not None else 0.01,
                                    optimizer=a.optimizer or "adam", batch_size=a.batch_size, seed=a.seed,
                                    hidden=a.hidden or 64)
@@ -43,8 +43,8 @@ def _mlp(a) -> int:
 
 
 def _word2vec(a, text) -> int:
-    from models.data import DataError
-    from models.word2vec import train_word2vec
+    from symgrad.models.data import DataError
+    from symgrad.models.word2vec import train_word2vec
     try:
         _, nb, losses = train_word2vec(text, steps=a.steps or 3000, lr=a.lr if a.lr is not None else 0.01,
                                        optimizer=a.optimizer or "adam", batch_size=a.batch_size or 512,
@@ -59,7 +59,7 @@ def _word2vec(a, text) -> int:
 
 
 def _cnn(a) -> int:
-    from models.cnn import train_cnn
+    from symgrad.models.cnn import train_cnn
     if a.resume:
         raise UsageError("--resume is supported for gpt, rnn and lstm, not cnn (its run is under a minute)")
     r = train_cnn(epochs=a.steps or 20, lr=a.lr if a.lr is not None else 3e-3,
@@ -76,12 +76,12 @@ def _cnn(a) -> int:
 
 
 def _char_rnn(a, text) -> int:
-    from models.data import DataError
-    from models.optim import make_optimizer
-    from models.recurrent import CharRNNTask
-    from models.sample import default_prompt, generate
-    from models.schedules import make_schedule
-    from models.trainer import Trainer
+    from symgrad.models.data import DataError
+    from symgrad.models.optim import make_optimizer
+    from symgrad.models.recurrent import CharRNNTask
+    from symgrad.models.sample import default_prompt, generate
+    from symgrad.models.schedules import make_schedule
+    from symgrad.models.trainer import Trainer
     from symgrad.train_cmd import load_resume, out_dir
 
     ck = None

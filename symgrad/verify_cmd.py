@@ -103,8 +103,7 @@ def load(spec: str, what: str = "candidate"):
 
 def _layer(spec: str):
     if spec.endswith(".py") or ".py:" in spec:
-        import derive
-
+        from symgrad import derive
         build = load(spec, "layer definition")
         if not callable(build):
             raise UsageError(f"{spec} is not a function build(G)")
@@ -113,8 +112,8 @@ def _layer(spec: str):
 
 
 def main(argv) -> int:
-    from derive.errors import DeriveError
-    from derive.verify import verify
+    from symgrad.derive.errors import DeriveError
+    from symgrad.derive.verify import verify
 
     try:
         args = _parser().parse_args(list(argv))

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from models.sides import memory_growth, memory_mark
+from symgrad.models.sides import memory_growth, memory_mark
 
 
 def calls(mib):

@@ -6,9 +6,7 @@ derivations (and so the same cache keys)."""
 
 import sympy as sp
 
-import derive
-
-
+from symgrad import derive
 def swish(G):
     """swish(x) = x * sigmoid(x)"""
     N, C = G.dims("N C")

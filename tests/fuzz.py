@@ -646,7 +646,7 @@ def torch_forward(graph, values: dict, dims: dict, torch):
         return val.amax(axis[var], keepdim=True) if is_max else val.sum(axis[var], keepdim=True)
 
     def ev(e):
-        from derive import Iverson, MaxOver
+        from symgrad.derive import Iverson, MaxOver
         if isinstance(e, sp.Indexed):
             idx = [t(ev(i)).long() for i in e.indices]
             return values[str(e.base.label)][tuple(idx)]
@@ -778,9 +778,9 @@ def check(case: Case, timeout: float = 120.0) -> Result:
 
 def _run_case(case, enter):
     """The stages of one case, in order; `enter(stage)` names the stage a failure happens in."""
-    import compiled
-    import derive
-    from derive import reference
+    from symgrad import compiled
+    from symgrad import derive
+    from symgrad.derive import reference
     from tests.gradcheck import central_differences
 
     enter("define")

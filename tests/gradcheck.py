@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from derive import finite_differences
+from symgrad.derive import finite_differences
 
 
 def central_differences(loss, args: dict, name: str, eps: float = 1e-6) -> np.ndarray:
@@ -16,7 +16,7 @@ def central_differences(loss, args: dict, name: str, eps: float = 1e-6) -> np.nd
 def upstream_for(d, args, rng) -> dict:
     """A random upstream gradient for each of `d`'s outputs at `args` (shapes from derive's
     reference forward)."""
-    from derive import reference
+    from symgrad.derive import reference
 
     outs = reference.forward(d, args)
     return {d.upstream(o.name): rng.standard_normal(np.shape(outs[o.name])) for o in d.outputs}
@@ -25,7 +25,7 @@ def upstream_for(d, args, rng) -> dict:
 def reference_loss(d, ups):
     """L(args) = sum over outputs of ups * output, by derive's reference forward: what central
     differences of a layer's VJP differentiate."""
-    from derive import reference
+    from symgrad.derive import reference
 
     def loss(a):
         outs = reference.forward(d, a)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data import read_text
-from models.gpt import GPTConfig
-from models.optim import AdamW
-from models.tasks import GPTTask
-from models.trainer import Trainer
+from symgrad.models.data import read_text
+from symgrad.models.gpt import GPTConfig
+from symgrad.models.optim import AdamW
+from symgrad.models.tasks import GPTTask
+from symgrad.models.trainer import Trainer
 
 # small enough to compile and run in seconds: 1 layer, 2 heads, 16 dims, block 16
 CONFIG = dict(n_layer=1, n_head=2, n_embd=16, block_size=16)

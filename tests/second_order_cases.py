@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-import derive
+from symgrad import derive
 from tests import defined_layers, layers
 
 

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from models import bench
+from symgrad.models import bench
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 TINY = dict(block_size=16, n_layer=1, n_head=2, n_embd=32)
@@ -27,8 +27,7 @@ def keep_threads():
     """The bench sets Numba's, torch's and the BLAS's thread counts: put them back afterwards."""
     import numba
 
-    import compiled
-
+    from symgrad import compiled
     n = numba.get_num_threads()
     torch = pytest.importorskip("torch")
     t = torch.get_num_threads()
@@ -39,14 +38,14 @@ def keep_threads():
 
 
 def _tiny():
-    from models.gpt import GPTConfig
+    from symgrad.models.gpt import GPTConfig
 
     return GPTConfig(**TINY)
 
 
 def test_floor_gemms_are_the_products_the_reference_step_prints():
-    from models import threads
-    from models.gpt import GPT, GPTConfig
+    from symgrad.models import threads
+    from symgrad.models.gpt import GPT, GPTConfig
 
     threads.set_most(1)  # one thread: the step is not split, its large products run in row blocks
     try:
@@ -65,8 +64,8 @@ def test_floor_gemms_are_the_products_the_reference_step_prints():
 
 
 def test_floor_gemms_of_a_step_in_shards_are_each_shards_on_its_lane():
-    from models import threads
-    from models.gpt import GPT, GPTConfig
+    from symgrad.models import threads
+    from symgrad.models.gpt import GPT, GPTConfig
 
     threads.set_most(2)
     try:
@@ -167,7 +166,7 @@ def test_bench_text(capsys, keep_threads):
 
 
 def test_a_side_runs_in_its_own_process_and_its_errors_come_back():
-    from models.sides import Side, SideError
+    from symgrad.models.sides import Side, SideError
 
     with pytest.raises(SideError, match="side 'bad'.*ModuleNotFoundError"):
         Side("bad", "no_such_module:calls", ())
@@ -184,7 +183,7 @@ def test_a_side_runs_in_its_own_process_and_its_errors_come_back():
 
 @needs_torch
 def test_bench_hvp_agrees_with_torch_and_reports_a_ratio_with_its_spread(capsys, keep_threads):
-    from models import bench_hvp
+    from symgrad.models import bench_hvp
 
     res = bench_hvp.run(_args(rounds=2), cfg=_tiny(), batch=2)
     assert res["max_rel_difference"] < 1e-4  # float32 H v against torch's double backward

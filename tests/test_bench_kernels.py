@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from models import bench_kernels
+from symgrad.models import bench_kernels
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 

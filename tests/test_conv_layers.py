@@ -18,8 +18,8 @@ import itertools
 import numpy as np
 import pytest
 
-import derive
-from derive import reference
+from symgrad import derive
+from symgrad.derive import reference
 from tests import layers
 from tests.gradcheck import assert_close, central_differences, reference_loss, upstream_for
 

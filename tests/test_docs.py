@@ -25,7 +25,7 @@ import sympy as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))
 
-import derive  # noqa: E402
+from symgrad import derive  # noqa: E402
 import figures  # noqa: E402  (docs/figures.py)
 import newton_step  # noqa: E402  (docs/newton_step.py)
 import sitegen  # noqa: E402
@@ -129,7 +129,7 @@ def test_gradient_check_reports_a_wrong_gradient_with_the_element(monkeypatch):
 
 
 def test_hvp_check_passes_for_the_printed_kernel_of_a_layer_defined_only_by_its_forward():
-    from compiled.second_order import second_order_kernels
+    from symgrad.compiled.second_order import second_order_kernels
 
     d = derive.define("swish_for_docs_hvp", swish_layer)
     r = gradcheck.run_hvp(d, second_order_kernels(d, "float64").hvp)
@@ -139,7 +139,7 @@ def test_hvp_check_passes_for_the_printed_kernel_of_a_layer_defined_only_by_its_
 
 
 def test_hvp_check_reports_a_wrong_hessian_vector_product_with_the_element():
-    from derive import reference
+    from symgrad.derive import reference
 
     d = derive.define("swish_for_docs_hvp_wrong", swish_layer)
 
@@ -316,7 +316,7 @@ def test_record_mlp_writes_the_trainers_history_and_val_history(tmp_path):
 
 
 def test_record_reads_a_gpt_checkpoint_without_training(tmp_path):
-    from models import checkpoint
+    from symgrad.models import checkpoint
 
     meta = {"kind": "gpt", "step": 3, "config": {"model": {"n_layer": 1}, "vocab": ["a", "b"]},
             "history": [[1, 4.1234567], [2, 3.5], [3, 3.25]], "val_history": [[3, 3.3]]}
@@ -362,7 +362,7 @@ def test_run_summary_names_the_command_and_the_losses(tmp_path):
 # --- pictures: optimizer trajectories --------------------------------------------------------
 
 def test_rosenbrock_gradient_is_derived_and_matches_finite_differences():
-    from derive import reference
+    from symgrad.derive import reference
 
     d = derive.define("rosenbrock_for_test", figures.rosenbrock)
     x, y = np.array([-1.2, 0.3, 1.0]), np.array([1.0, -0.5, 1.0])
@@ -390,7 +390,7 @@ def test_trajectories_run_each_optimizer_and_all_go_downhill():
         assert f(path[-1]) < 0.5 * f(path[0]), f"{name} went from f={f(path[0])} to f={f(path[-1])}"
     assert F.shape == X.shape and np.isclose(F.min(), 0, atol=1e-3)
     # the first step of gradient descent is -lr * (the derived gradient at the start)
-    from derive import reference
+    from symgrad.derive import reference
 
     lr = figures.RUNS["gradient descent"][1]["lr"]
     step = (t.paths["gradient descent"][1] - t.paths["gradient descent"][0]) / -lr
@@ -423,8 +423,8 @@ def test_page_shows_the_figure_with_alt_text(page, figure):
 
 
 def test_gpt_page_links_every_layer_the_gpt_calls():
-    import models
-    from models.graph import ParamStore
+    from symgrad import models
+    from symgrad.models.graph import ParamStore
 
     cfg = models.GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)
     g = models.gpt_graph(cfg, ParamStore(cfg.dtype), np.random.default_rng(0), 1, 4)

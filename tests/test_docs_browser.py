@@ -70,7 +70,7 @@ def test_site_builds_strict_with_no_warnings_in_under_two_minutes(built):
 
 
 def test_every_built_in_layer_has_a_page(built):
-    from derive import registry
+    from symgrad.derive import registry
 
     if built.proc.returncode != 0:
         pytest.fail("the site did not build; see the build test")
@@ -240,7 +240,7 @@ class Visit:
 def _kernel_expected(layer: str) -> bool:
     """True when compiled/ gives this layer's kernel source (then the page must show it)."""
     try:
-        import compiled
+        from symgrad import compiled
         path = compiled.kernels(layer, dtype="float64").source_path
         return bool(path) and Path(path).is_file()
     except Exception:
@@ -249,8 +249,7 @@ def _kernel_expected(layer: str) -> bool:
 
 @pytest.mark.parametrize("layer", BROWSER_PAGES)
 def test_layer_page_math_is_typeset_and_visible_offline(layer, browser, server, shots):
-    import derive
-
+    from symgrad import derive
     try:
         derive.layer(layer)
     except Exception as e:

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from models import checkpoint
+from symgrad.models import checkpoint
 from symgrad.train_cmd import sample_main, train_main
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "8", "--block-size", "8", "--batch-size", "2",
@@ -68,7 +68,7 @@ def test_resume_from_a_checkpoint_not_named_ckpt_npz_writes_back_to_it(capsys, t
 
 def test_diverged_state_is_never_checkpointed_and_the_last_finite_one_is_kept(capsys, tmp_path,
                                                                              monkeypatch):
-    from models.tasks import GPTTask
+    from symgrad.models.tasks import GPTTask
 
     real = GPTTask.train_step
     calls = []

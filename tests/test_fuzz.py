@@ -63,7 +63,7 @@ def test_generator_is_deterministic_per_seed_and_seeds_differ():
 
 
 def test_every_generated_definition_builds_a_graph():
-    import derive
+    from symgrad import derive
     for s in range(60):
         case = fuzz.generate(s)
         g = derive.Graph(case.name)

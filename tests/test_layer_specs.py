@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import derive
+from symgrad import derive
 from tests import layers
 
 

@@ -4,7 +4,7 @@ resume continues the same loss curve; the MLP learns the spirals."""
 import numpy as np
 import pytest
 
-from models import checkpoint
+from symgrad.models import checkpoint
 from symgrad.train_cmd import sample_main, train_main
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "8", "--block-size", "8", "--batch-size", "2",
@@ -76,6 +76,6 @@ def test_sample_is_deterministic(capsys, run):
 
 
 def test_mlp_reaches_95_percent_on_spirals():
-    from models.mlp import train_mlp
+    from symgrad.models.mlp import train_mlp
     _, acc, losses = train_mlp(steps=300, lr=0.02, seed=0, log=lambda *a: None)
     assert acc >= 0.95 and losses[-1] < losses[0]

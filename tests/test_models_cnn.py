@@ -8,7 +8,7 @@ from tests.gradcheck import assert_close, central_differences
 
 pytest.importorskip("sklearn", reason="the digits come with scikit-learn (the test extra installs it)")
 
-from models.cnn import CNN, digits, train_cnn  # noqa: E402
+from symgrad.models.cnn import CNN, digits, train_cnn  # noqa: E402
 
 
 def _batch(n=5, seed=1):

@@ -4,8 +4,8 @@ and torch.autograd, and sampling."""
 import numpy as np
 import pytest
 
-from models.gpt import GPT, GPTConfig
-from models.sample import generate
+from symgrad.models.gpt import GPT, GPTConfig
+from symgrad.models.sample import generate
 
 TINY = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dtype="float64")
 
@@ -51,7 +51,7 @@ def test_tiny_gpt_gradients_match_central_finite_differences(tiny):
 
 def test_tiny_gpt_gradients_match_torch_autograd(tiny):
     torch = pytest.importorskip("torch")
-    from models.torch_gpt import from_symgrad, torch_grads
+    from symgrad.models.torch_gpt import from_symgrad, torch_grads
     m, x, y = tiny
     tm = from_symgrad(m)
     loss = tm(torch.from_numpy(x), torch.from_numpy(y))

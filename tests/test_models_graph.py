@@ -7,10 +7,10 @@ line."""
 import numpy as np
 import pytest
 
-from models.graph import GraphError, ModelGraph, ParamStore
-from models.module import GraphModel
-from models.optim import AdamW
-from models.step import Step
+from symgrad.models.graph import GraphError, ModelGraph, ParamStore
+from symgrad.models.module import GraphModel
+from symgrad.models.optim import AdamW
+from symgrad.models.step import Step
 from tests.defined_layers import defined
 
 
@@ -130,8 +130,8 @@ def test_training_through_the_printed_step_lowers_the_loss():
 
 
 def test_gradient_regions_are_reused_by_size():
-    from models.gpt import GPTConfig, gpt_graph
-    from models.plan import Plan
+    from symgrad.models.gpt import GPTConfig, gpt_graph
+    from symgrad.models.plan import Plan
     cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=3, n_head=2, n_embd=16, dtype="float64")
     plan = Plan(gpt_graph(cfg, ParamStore("float64"), np.random.default_rng(0), 2, 8))
     acts = 2 * 8 * 16

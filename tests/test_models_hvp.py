@@ -6,9 +6,9 @@ RNN (stacks and rows of the state between time steps)."""
 import numpy as np
 import pytest
 
-from models.gpt import GPT, GPTConfig
-from models.mlp import MLP
-from models.recurrent import CharRNN
+from symgrad.models.gpt import GPT, GPTConfig
+from symgrad.models.mlp import MLP
+from symgrad.models.recurrent import CharRNN
 
 
 def direction(model, rng):
@@ -42,7 +42,7 @@ def test_tiny_gpt_hvp_equals_torch_double_backward_on_every_parameter():
     torch = pytest.importorskip("torch")
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from models.torch_gpt import from_symgrad, name_map
+    from symgrad.models.torch_gpt import from_symgrad, name_map
     cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dtype="float64")
     m = GPT(cfg, seed=1)
     rng = np.random.default_rng(0)

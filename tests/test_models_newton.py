@@ -6,7 +6,7 @@ they are well conditioned: both cases are asserted as they are), and trains the 
 import numpy as np
 import pytest
 
-from models import newton
+from symgrad.models import newton
 from symgrad.cli import main
 
 

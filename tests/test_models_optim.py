@@ -4,12 +4,12 @@ optimizer decreases a convex quadratic; schedules and clipping."""
 import numpy as np
 import pytest
 
-import models
-from models import rules
-import compiled
-from models.module import Param
-from models.optim import OPTIMIZERS, grad_norm, make_optimizer
-from models.schedules import Constant, CosineWarmup, StepDecay
+from symgrad import models
+from symgrad.models import rules
+from symgrad import compiled
+from symgrad.models.module import Param
+from symgrad.models.optim import OPTIMIZERS, grad_norm, make_optimizer
+from symgrad.models.schedules import Constant, CosineWarmup, StepDecay
 
 HYPER = dict(lr=0.05, mu=0.8, wd=0.1, eps=1e-6, alpha=0.9, beta1=0.8, beta2=0.95, t=3.0, clip=0.7)
 
@@ -131,8 +131,8 @@ def test_unknown_optimizer_is_refused():
 
 
 def test_each_optimizer_s_defaults_are_its_update_rule_s_constants():
-    from models import rules
-    from models.optim import OPTIMIZERS
+    from symgrad.models import rules
+    from symgrad.models.optim import OPTIMIZERS
 
     for name, cls in OPTIMIZERS.items():
         consts = {c.name: c.default for c in rules.rule(cls.rule).constants}

@@ -5,7 +5,7 @@ on tinyshakespeare at equal steps."""
 import numpy as np
 import pytest
 
-from models.recurrent import CharRNN, CharRNNTask
+from symgrad.models.recurrent import CharRNN, CharRNNTask
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
@@ -40,8 +40,8 @@ def test_bptt_gradients_of_a_4_step_unroll_match_central_finite_differences(cell
 
 
 def _val_loss_after(cell, steps):
-    from models.optim import make_optimizer
-    from models.data import read_text
+    from symgrad.models.optim import make_optimizer
+    from symgrad.models.data import read_text
     task = CharRNNTask(cell, read_text(), hidden=64, batch_size=16, bptt=64, seed=0, eval_iters=20)
     opt = make_optimizer("adam", task.model.parameters(), lr=2e-2, max_grad_norm=5.0)
     for _ in range(steps):
@@ -59,7 +59,7 @@ def test_lstm_val_loss_beats_rnn_at_equal_steps_on_tinyshakespeare():
 
 
 def test_lstm_resume_continues_the_same_loss_curve(tmp_path):
-    from models import checkpoint
+    from symgrad.models import checkpoint
     from symgrad.train_cmd import train_main
     common = ["--hidden", "16", "--eval-interval", "2", "--no-progress", "--sample-tokens", "0"]
     assert train_main(["lstm", "--steps", "6", "--out", str(tmp_path / "full"), *common]) == 0

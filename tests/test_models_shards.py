@@ -5,9 +5,9 @@ thread or several, with shards of unequal size; a failure on a worker thread is 
 import numpy as np
 import pytest
 
-from models import threads
-from models.gpt import GPT, GPTConfig
-from models.shards import ShardedStep, row_ranges, run_jobs
+from symgrad.models import threads
+from symgrad.models.gpt import GPT, GPTConfig
+from symgrad.models.shards import ShardedStep, row_ranges, run_jobs
 
 TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dtype="float64")
 

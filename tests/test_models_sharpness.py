@@ -4,9 +4,9 @@ Hessian built column by column, and `symgrad train gpt --sharpness-every N` reco
 import numpy as np
 import pytest
 
-from models import checkpoint
-from models.sharpness import sharpness, top_eigenvalue
-from models.mlp import MLP
+from symgrad.models import checkpoint
+from symgrad.models.sharpness import sharpness, top_eigenvalue
+from symgrad.models.mlp import MLP
 from symgrad.cli import main
 
 

@@ -1,8 +1,8 @@
 """The thread-count policy of the printed steps: the faster count wins, the other is retried
 now and then, so a machine that becomes busy (or idle again) is followed."""
 
-from models import threads
-from models.threads import ThreadTuner
+from symgrad.models import threads
+from symgrad.models.threads import ThreadTuner
 
 
 def test_tuner_follows_the_faster_count_and_keeps_exploring(monkeypatch):

@@ -7,10 +7,10 @@ import pytest
 
 def test_reference_gpt_follows_pytorch_for_50_adamw_steps():
     torch = pytest.importorskip("torch")
-    from models.data import CharData, read_text
-    from models.gpt import GPT, GPTConfig
-    from models.optim import AdamW
-    from models.torch_gpt import from_symgrad
+    from symgrad.models.data import CharData, read_text
+    from symgrad.models.gpt import GPT, GPTConfig
+    from symgrad.models.optim import AdamW
+    from symgrad.models.torch_gpt import from_symgrad
     torch.set_num_threads(2)
     data = CharData(read_text(), 64)
     m = GPT(GPTConfig(vocab_size=len(data.vocab)), seed=0)

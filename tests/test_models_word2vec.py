@@ -17,7 +17,7 @@ def test_sgns_loss_falls_and_neighbours_are_printed(capsys):
 
 
 def test_subsampling_keeps_rare_words_and_thins_frequent_ones():
-    from models.word2vec import subsample
+    from symgrad.models.word2vec import subsample
     ids = np.array([0] * 900 + [1] * 100)
     freq = np.array([900.0, 100.0])
     kept = subsample(ids, freq, 0.1, np.random.default_rng(0))  # word 0 kept w.p. 0.44

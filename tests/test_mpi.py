@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import checkpoint, distributed
+from symgrad.models import checkpoint, distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 

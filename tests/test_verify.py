@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import sympy as sp
 
-import derive
-from derive.equivalence import Proof
-from derive.verify import VERDICTS, candidate_symbols, verify
+from symgrad import derive
+from symgrad.derive.equivalence import Proof
+from symgrad.derive.verify import VERDICTS, candidate_symbols, verify
 from symgrad.testing import assert_gradient
 from tests.defined_layers import bilinear, swish
 from tests.layers.linear import linear_dW_outer_of_sums
 from tests.layers.softmax import softmax_dx_jacobian, softmax_dx_no_cross_term
 
 # the module, not the function `derive.verify` that derive/__init__ exports under the same name
-verify_module = importlib.import_module("derive.verify")
+verify_module = importlib.import_module("symgrad.derive.verify")
 
 
 def ns(layer, wrt):

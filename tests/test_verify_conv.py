@@ -5,7 +5,7 @@ ones accepted, the classic mistakes rejected with a counterexample."""
 import numpy as np
 import pytest
 
-from derive.verify import verify
+from symgrad.derive.verify import verify
 
 
 def conv_backward(stride, pad, *, ignore_stride=False, forget_pad=False, dw_over_channels=False):

@@ -14,8 +14,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
-import derive
-from derive.verify import verify
+from symgrad import derive
+from symgrad.derive.verify import verify
 from tests.layers import spec, specified
 
 LAYERS = specified()
@@ -33,7 +33,7 @@ def _verify(name, wrt, fn):
         return verify(name, wrt, fn, trials=trials, seed=1)
     # verify's shrinker tries every dim at 1 and 2, which leaves a window larger than its input
     # (no output position: a ValueError inside verify); the counterexample is then the failing case
-    with mock.patch.object(importlib.import_module("derive.verify_shrink"), "SHRINK_BUDGET", 0):
+    with mock.patch.object(importlib.import_module("symgrad.derive.verify_shrink"), "SHRINK_BUDGET", 0):
         return verify(name, wrt, fn, trials=trials, seed=1, shapes=shapes)
 
 

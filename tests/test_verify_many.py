@@ -11,8 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from derive.verify import verify
-from derive.verify_many import GradientsReport
+from symgrad.derive.verify import verify
+from symgrad.derive.verify_many import GradientsReport
 from symgrad.testing import assert_gradient
 from symgrad.verify_cmd import main
 from tests.layers.layernorm import layernorm_dbeta, layernorm_dgamma, layernorm_dgamma_no_xhat, layernorm_dx

@@ -15,8 +15,8 @@ import textwrap
 import numpy as np
 import pytest
 
-import derive
-from derive.verify import candidate_symbols, verify
+from symgrad import derive
+from symgrad.derive.verify import candidate_symbols, verify
 from symgrad.verify_cmd import main
 from tests import second_order_cases as soc
 from tests.verify_cli import candidates_file, run_cli

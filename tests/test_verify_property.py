@@ -8,7 +8,7 @@ import sympy as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from derive.verify import verify
+from symgrad.derive.verify import verify
 from tests.layers import spec
 
 # Correct SymPy candidates, written by hand in the layer's index notation (not the engine's form).
@@ -72,7 +72,7 @@ def _mutate(expr, kind, pick_add, pick_term):
        pick_add=st.integers(0, 50), pick_term=st.integers(0, 50), seed=st.integers(0, 1000))
 def test_every_mutation_of_a_correct_sympy_candidate_is_rejected(case, kind, pick_add, pick_term, seed):
     name, wrt, text = case
-    from derive.verify import candidate_symbols
+    from symgrad.derive.verify import candidate_symbols
 
     expr = sp.sympify(text, locals=candidate_symbols(name, wrt))
     if kind != "scale_all" and not _value_adds(expr):
@@ -84,7 +84,7 @@ def test_every_mutation_of_a_correct_sympy_candidate_is_rejected(case, kind, pic
 
 
 def test_the_unmutated_sympy_candidates_are_right():
-    from derive.verify import candidate_symbols
+    from symgrad.derive.verify import candidate_symbols
 
     for name, wrt, text in SYMPY_RIGHT:
         expr = sp.sympify(text, locals=candidate_symbols(name, wrt))

@@ -86,8 +86,7 @@ class SecondOrderPool:
 
 def generate(only: list[str] | None = None) -> Site:
     """Generate every page. `only` restricts the layers (for development; the site needs all)."""
-    import derive
-
+    from symgrad import derive
     t0 = time.perf_counter()
     site = Site()
     names = derive.layers()

@@ -28,8 +28,7 @@ class Kernel:
 def kernel_source(name: str, dtype: str = "float64") -> Kernel:
     """The generated Numba source of a layer, from `compiled.kernels(name, dtype).source_path`
     (what printing or compiling it raised, when it did)."""
-    import compiled
-
+    from symgrad import compiled
     try:
         path = compiled.kernels(name, dtype=dtype).source_path
         return Kernel(Path(path).read_text(), path, None)
@@ -71,14 +70,14 @@ def second_order_info(d) -> SecondOrderInfo:
     info = SecondOrderInfo()
     name = d.name
     try:
-        from derive.second_order import second_order
+        from symgrad.derive.second_order import second_order
         info.so = second_order(d)
     except Exception:
         info.error = traceback.format_exc()
         info.warnings.append(f"{name}: derive.second_order raised; its page shows the traceback:\n"
                              f"{info.error}")
         return info
-    from compiled.second_order import second_order_kernels
+    from symgrad.compiled.second_order import second_order_kernels
     try:
         k = second_order_kernels(d, "float64")
         path = k.hvp_kernels.source_path
@@ -124,8 +123,7 @@ class LayerInfo:
 def second_order_of(name: str) -> SecondOrderInfo:
     """second_order_info of a built-in layer, by name (what a worker process of
     sitegen.generate runs), one process at a time per layer (`layer_lock`)."""
-    import derive
-
+    from symgrad import derive
     with layer_lock(name):
         return second_order_info(derive.layer(name))
 
@@ -140,7 +138,7 @@ def layer_lock(name: str):
     try:
         import fcntl
 
-        from compiled.cache import cache_dir
+        from symgrad.compiled.cache import cache_dir
 
         locks = cache_dir().parent / "docs-locks"
         locks.mkdir(parents=True, exist_ok=True)
@@ -209,8 +207,8 @@ def discover_optimizers():
     """(infos, reason): the optimizer classes of models.optim's OPTIMIZERS registry {name: class},
     each with its update rule's derivation (models.rules), or why there are none."""
     try:
-        from models import rules
-        from models.optim import OPTIMIZERS
+        from symgrad.models import rules
+        from symgrad.models.optim import OPTIMIZERS
     except Exception as e:
         return [], f"models.optim: {type(e).__name__}: {e}"
     by_cls: dict = {}

@@ -60,7 +60,7 @@ def _is_reciprocal(a) -> bool:
 
 def _local_ops(node, parent) -> sp.Expr:
     """Operations performed at `node` itself (its children are counted separately)."""
-    from derive.functions import MaxOver
+    from symgrad.derive.functions import MaxOver
 
     if isinstance(node, sp.Add):
         return sp.Integer(len(node.args) - 1)
@@ -97,7 +97,7 @@ def _local_ops(node, parent) -> sp.Expr:
 
 def _children(node):
     """(child, loops the child runs inside) for each operand of node."""
-    from derive.functions import MaxOver
+    from symgrad.derive.functions import MaxOver
 
     if isinstance(node, sp.Sum):
         return [(node.function, tuple(tuple(l) for l in node.limits))]

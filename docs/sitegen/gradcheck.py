@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from derive import finite_differences, reference
+from symgrad.derive import finite_differences, reference
 
 # Small, distinct dims (a transposed index shows up as a shape error or a wrong value).
 CHECK_DIMS = (3, 4, 5, 2, 6, 7)

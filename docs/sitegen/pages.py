@@ -320,7 +320,7 @@ def second_order_section(info: LayerInfo) -> str:
                    "linear in $v$, so differentiating it by one element of $v$ gives Kronecker "
                    "deltas, eliminated as in the chain rule, and the result is folded onto the "
                    "saved values. A value read at two index positions gets a name of its own.\n")
-        from derive.steps import latex as steps_latex
+        from symgrad.derive.steps import latex as steps_latex
 
         notes = {}
         for h in so.hessians.values():

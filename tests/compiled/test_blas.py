@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from compiled import blas
+from symgrad.compiled import blas
 
 DTYPES = [np.float32, np.float64]
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import compiled
-import derive
-from compiled import api
+from symgrad import compiled
+from symgrad import derive
+from symgrad.compiled import api
 from tests.defined_layers import BUILDERS
 from tests.compiled.test_kernels import BUILTINS, _cast, _random_cases
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _LOADER = r"""
 import json, sys
 import numpy as np
-import compiled, derive
+from symgrad import compiled, derive
 from tests.defined_layers import defined, BUILDERS
 from tests.compiled.test_kernels import _cast, _random_cases
 from tests.layers import cases
@@ -169,12 +169,12 @@ def test_nan_in_a_row_propagates_to_that_row_only():
 
 
 def test_derivations_and_kernels_share_one_cache_root(tmp_path, monkeypatch):
-    import compiled.cache
-    import derive.cache
+    from symgrad.compiled import cache as kernel_cache
+    from symgrad.derive import cache as derivation_cache
 
     monkeypatch.delenv("SYMGRAD_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert derive.cache.cache_dir() == tmp_path / "symgrad" / "derivations"
-    assert compiled.cache.cache_dir() == tmp_path / "symgrad" / "kernels"
+    assert derivation_cache.cache_dir() == tmp_path / "symgrad" / "derivations"
+    assert kernel_cache.cache_dir() == tmp_path / "symgrad" / "kernels"
     monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(tmp_path / "mine"))
-    assert derive.cache.cache_dir().parent == compiled.cache.cache_dir().parent == tmp_path / "mine"
+    assert derivation_cache.cache_dir().parent == kernel_cache.cache_dir().parent == tmp_path / "mine"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from compiled import cache
+from symgrad.compiled import cache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,8 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _RUN = r"""
 import json, sys
 import numpy as np, sympy as sp
-import compiled, derive
-
+from symgrad import compiled, derive
 dims, call = sys.argv[1], sys.argv[2] == "call"
 
 def build(G):

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import compiled
-import derive
+from symgrad import compiled
+from symgrad import derive
 from tests import layers
 from tests.gradcheck import assert_close
 

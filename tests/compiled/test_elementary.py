@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from compiled import elementary
+from symgrad.compiled import elementary
 
 _LOOP = '''
 @njit(fastmath=FAST, error_model="numpy")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import sympy as sp
 
-import compiled
-import derive
+from symgrad import compiled
+from symgrad import derive
 from tests.gradcheck import assert_close, central_differences
 
 
@@ -58,7 +58,7 @@ def test_window_on_an_inner_axis_hoists_without_recursing():
 
 
 def test_lstm_cell_float32_source_without_blas_prints():
-    from compiled.build import module_source
+    from symgrad.compiled.build import module_source
 
     src, _, bwd = module_source(derive.layer("lstm_cell"), "float32", "test", blas=False)
     compile(src, "lstm_cell", "exec")

@@ -14,9 +14,9 @@ import re
 import numpy as np
 import pytest
 
-import compiled
-import derive
-from derive import reference
+from symgrad import compiled
+from symgrad import derive
+from symgrad.derive import reference
 from tests.defined_layers import BUILDERS, defined
 from tests.layers import cases as layer_cases
 

@@ -8,9 +8,9 @@ import re
 
 import numpy as np
 
-import compiled
-import derive
-from derive import reference
+from symgrad import compiled
+from symgrad import derive
+from symgrad.derive import reference
 
 
 def _func(source, name):

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import sympy as sp
 
-import compiled
-import derive
-from compiled import build
-from derive import reference
+from symgrad import compiled
+from symgrad import derive
+from symgrad.compiled import build
+from symgrad.derive import reference
 
 pytestmark = pytest.mark.skipif(build.PARALLEL_MIN is None,
                                 reason="no TBB threading layer: the kernels print no prange")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import sympy as sp
 
-import compiled
-import derive
-from compiled.printer import NumbaPrinter, PrintError
+from symgrad import compiled
+from symgrad import derive
+from symgrad.compiled.printer import NumbaPrinter, PrintError
 from symgrad.kernels_cmd import kernels_main
 from tests.gradcheck import assert_close, central_differences
 

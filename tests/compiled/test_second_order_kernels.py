@@ -12,10 +12,10 @@ import os
 import numpy as np
 import pytest
 
-import derive
-from compiled import KernelError
-from compiled.second_order import second_order_kernels
-from derive import reference
+from symgrad import derive
+from symgrad.compiled import KernelError
+from symgrad.compiled.second_order import second_order_kernels
+from symgrad.derive import reference
 from tests.gradcheck import assert_close, torch_or_skip
 from tests import second_order_cases as soc
 
@@ -68,7 +68,7 @@ def test_jvp_kernel_matches_torch_func_jvp(name, dtype):
 def test_kernels_are_cached_files_that_quote_the_derivation(kernel_cache):
     # softmax's definition under a name of this test's own: a test that ran before in this
     # process may have loaded softmax's kernels from another cache
-    from derive.builtin.softmax import softmax
+    from symgrad.derive.builtin.softmax import softmax
 
     d = derive.define("softmax_cache_probe", softmax)
     k = second_order_kernels(d, "float64")

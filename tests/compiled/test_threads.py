@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-import compiled
-from compiled.threads import _openblas_libs
+from symgrad import compiled
+from symgrad.compiled.threads import _openblas_libs
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")

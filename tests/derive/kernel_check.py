@@ -22,8 +22,7 @@ def random_args(d, dims: dict, rng) -> dict:
 def assert_kernels_match_finite_differences(d, args: dict, rng, rtol: float = 1e-6):
     """The compiled backward of d equals central differences of the compiled forward, for every
     differentiable argument (names the layer, argument and element on failure)."""
-    import compiled
-
+    from symgrad import compiled
     k = compiled.kernels(d, dtype="float64")
     outs = k.forward(**args)
     ups = {d.upstream(o.name): rng.standard_normal(np.shape(outs[o.name])) for o in d.outputs}

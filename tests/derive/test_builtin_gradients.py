@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-import derive
-from derive import reference
+from symgrad import derive
+from symgrad.derive import reference
 from tests.gradcheck import assert_close, central_differences, reference_loss, torch_or_skip, upstream_for
 from tests.layers import cases, forward, specified
 

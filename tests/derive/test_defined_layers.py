@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import sympy as sp
 
-import derive
-from derive import reference
+from symgrad import derive
+from symgrad.derive import reference
 from tests.defined_layers import bilinear, rmsnorm, swish
 from tests.gradcheck import assert_close, central_differences, torch_or_skip
 

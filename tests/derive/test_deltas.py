@@ -2,8 +2,8 @@
 
 import sympy as sp
 
-from derive.deltas import eliminate_deltas
-from derive.functions import Iverson
+from symgrad.derive.deltas import eliminate_deltas
+from symgrad.derive.functions import Iverson
 
 i, j, k, p, q = sp.symbols("i j k p q", integer=True)
 N, n, m, T = sp.symbols("N n m T", integer=True, positive=True)

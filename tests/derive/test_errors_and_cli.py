@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import sympy as sp
 
-import derive
-from derive import DeriveError
+from symgrad import derive
+from symgrad.derive import DeriveError
 
 
 def _elementwise(f):
@@ -57,7 +57,7 @@ def test_max_without_stop_gradient_routes_the_gradient_to_the_first_maximum():
     d = derive.define("row_max", build)
     text = str(d.grads["x"])  # g[i] [x[i,k] >= m[i] and the max over j < k below m[i]]
     assert "g[i]" in text and "x[i, k] >= m[i]" in text and "(x[i, j]) < m[i]" in text
-    from derive import reference
+    from symgrad.derive import reference
     x = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [5.0, 1.0, 5.0, 4.0]])
     dx = reference.vjp(d, {"g": np.array([1.0, 2.0, 3.0])}, {"x": x})["x"]
     np.testing.assert_array_equal(dx, [[0, 1, 0, 0], [2, 0, 0, 0], [3, 0, 0, 0]])  # ties: the first

@@ -3,7 +3,7 @@ closed form: it must be right before it judges anything."""
 
 import numpy as np
 
-from derive import finite_differences as fd
+from symgrad.derive import finite_differences as fd
 
 
 def test_elementwise_is_the_gradient_of_a_cubic_to_second_order_in_eps():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
-import derive
+from symgrad import derive
 from tests.derive.kernel_check import assert_kernels_match_finite_differences
 
 
@@ -64,7 +64,7 @@ def test_generated_names_never_collide_with_user_names_or_each_other(names):
 
 
 def test_inputs_named_like_generated_names_get_correct_gradients_by_reference_evaluation():
-    from derive import reference
+    from symgrad.derive import reference
     from tests.gradcheck import assert_close, central_differences
 
     d = derive.define("named_like_generated", _product("x", "dx", "g", "N"))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import sympy as sp
 
-import derive
-from derive import DeriveError, Iverson, reference
+from symgrad import derive
+from symgrad.derive import DeriveError, Iverson, reference
 from tests.derive.kernel_check import assert_kernels_match_finite_differences, random_args
 from tests.gradcheck import assert_close, central_differences
 
@@ -65,8 +65,7 @@ def test_offset_read_within_a_narrower_range_is_accepted_and_its_kernels_never_r
     # x is a view whose next row holds NaN: a read past the end would show
     big = np.full((5, 3), np.nan)
     big[:4] = rng.standard_normal((4, 3))
-    import compiled
-
+    from symgrad import compiled
     y = compiled.kernels(d, dtype="float64").forward(x=big[:4])["y"]
     np.testing.assert_allclose(y, np.diff(big[:4], axis=0), rtol=0, atol=1e-15)
     assert_kernels_match_finite_differences(d, {"x": rng.standard_normal((4, 3))}, rng)
@@ -128,7 +127,7 @@ x = sp.IndexedBase("x")
 
 
 def _check(expr, free, shapes):
-    from derive import indices
+    from symgrad.derive import indices
 
     indices.check_reads("t", "expr", expr, free, shapes, {"N", "W", "K"})
 

@@ -5,9 +5,9 @@ reference raised ValueError on np.maximum.reduce over operands of different shap
 import numpy as np
 import sympy as sp
 
-import compiled
-import derive
-from derive import reference
+from symgrad import compiled
+from symgrad import derive
+from symgrad.derive import reference
 
 
 def _relu_max(G):

@@ -5,8 +5,8 @@ definition really calls."""
 import re
 from pathlib import Path
 
-import derive
-from derive import registry
+from symgrad import derive
+from symgrad.derive import registry
 
 
 def test_every_layer_defined_in_derive_builtin_is_registered():

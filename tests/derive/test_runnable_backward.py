@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import sympy as sp
 
-import derive
-from derive import DeriveError
+from symgrad import derive
+from symgrad.derive import DeriveError
 from tests.derive.kernel_check import assert_kernels_match_finite_differences
 
 

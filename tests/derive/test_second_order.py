@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import sympy as sp
 
-import derive
-from derive import reference
-from derive.second_order import definition_key, has_small_hessian, second_order
+from symgrad import derive
+from symgrad.derive import reference
+from symgrad.derive.second_order import definition_key, has_small_hessian, second_order
 from tests.gradcheck import assert_close, torch_or_skip
 from tests import second_order_cases as soc
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import sympy as sp
 
-import derive
-from derive import DeriveError, reference
+from symgrad import derive
+from symgrad.derive import DeriveError, reference
 from tests.gradcheck import assert_close, central_differences
 
 

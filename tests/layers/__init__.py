@@ -6,8 +6,8 @@ everything the tests need to know about its layer:
 - `cases(rng) -> [(label, {argument: value})]`: concrete inputs, edge cases included (batch of
   one, feature size one, logits around 1e3, near-constant rows, a single time step);
 - `forward(t, **constants) -> {output: tensor}`: the layer written in PyTorch, the peer whose
-  autograd the derived gradients are compared with (a configurable layer gets its constants,
-  from derive.registry: conv2d_s2_p1 is conv2d's forward with stride=2, padding=1, dilation=1);
+  autograd the derived gradients are compared with (a configurable layer gets its constants
+  as the registry gives them: conv2d_s2_p1 is conv2d's forward with stride=2, padding=1, dilation=1);
 - `RIGHT` and `WRONG`: lists of (wrt, function, what it is), hand-derived backward candidates
   in NumPy, each in a form other than the engine's (explicit Jacobians, the expanded textbook
   layernorm, matrix calculus with einsum); `derive.verify` must accept every right one and
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-import derive
-from derive import registry
+from symgrad import derive
+from symgrad.derive import registry
 
 HERE = Path(__file__).resolve().parent
 
