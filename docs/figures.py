@@ -12,10 +12,7 @@
 which is committed. The docs build (docs/hooks.py) renders the PNGs from that data with
 matplotlib; no PNG is committed.
 
-The trajectories are computed at build time, in well under a second on a warm kernel cache: the
-function (`rosenbrock` below) is a layer defined by its forward expression only, its gradient
-is the backward kernel that derive/ and compiled/ make from it, and the steps are taken by the
-optimizers of `models.optim` (the update rules of models/rules.py, printed into kernels).
+The optimizer trajectories drawn here are run at build time by docs/trajectories.py.
 
 Part of the docs, not of the product: nothing in derive/, compiled/ or models/ imports it.
 """
@@ -28,13 +25,14 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 DOCS = Path(__file__).resolve().parent
-ROOT = DOCS.parent
+if str(DOCS) not in sys.path:  # `python3 -m docs.figures` runs from the repository root
+    sys.path.insert(0, str(DOCS))
+from trajectories import RUNS, Trajectories, trajectories  # noqa: E402  (docs/trajectories.py)
 DATA = DOCS / "data"
 DEFAULT_OUT = {"gpt": DATA / "gpt-loss.json", "mlp": DATA / "mlp-loss.json",
                "sharpness": DATA / "gpt-sharpness.json"}
@@ -57,7 +55,6 @@ def _rounded(rows, digits=5):
 
 def from_checkpoint(path) -> dict:
     """The loss curves and configuration stored in a symgrad checkpoint (file or run folder)."""
-    sys.path.insert(0, str(ROOT))
     from symgrad.models import checkpoint
 
     ck = checkpoint.load(path)
@@ -73,7 +70,6 @@ def from_checkpoint(path) -> dict:
 def record_gpt(steps: int, eval_interval: int | None = None, seed: int = 0, extra_args=()) -> dict:
     """Train the GPT with `symgrad train gpt` (reference configuration unless `extra_args` say
     otherwise) into a temporary folder and return its loss curves."""
-    sys.path.insert(0, str(ROOT))
     from symgrad.train_cmd import train_main
 
     eval_interval = eval_interval or max(1, steps // 10)
@@ -91,7 +87,6 @@ def record_gpt(steps: int, eval_interval: int | None = None, seed: int = 0, extr
 def record_mlp(steps: int, eval_interval: int | None = None, seed: int = 0, lr: float = 0.01) -> dict:
     """Train the MLP of `symgrad train mlp` (two spirals, Adam lr 0.01, full batch) with
     models.trainer.Trainer and return its loss curves."""
-    sys.path.insert(0, str(ROOT))
     from symgrad.models.mlp import MLPTask
     from symgrad.models.optim import make_optimizer
     from symgrad.models.trainer import Trainer
@@ -154,87 +149,6 @@ def run_summary(model: str, path=None) -> str:
     out = [f"| the run in [`docs/data/{name}`](../data/{name}) | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(out) + "\n"
-
-
-# --- optimizer trajectories ------------------------------------------------------------------
-
-def rosenbrock(G):
-    """Rosenbrock's banana: f(x, y) = (1 - x)^2 + 100 (y - x^2)^2, at N points (x[i], y[i]).
-    The minimum, 0, is at (1, 1), at the bottom of a long curved valley."""
-    (N,) = G.dims("N")
-    x = G.input("x", (N,))
-    y = G.input("y", (N,))
-    (i,) = G.indices(i=N)
-    G.output(G.bind("f", (i,), (1 - x[i]) ** 2 + 100 * (y[i] - x[i] ** 2) ** 2))
-
-
-START = (-1.2, 1.0)
-# name on the plot -> (models.optim class name, hyper-parameters), tuned by eye so that each
-# shows its character in STEPS steps: GD crawls along the valley, momentum overshoots and
-# swings, RMSprop and Adam take steps of about lr per coordinate whatever the gradient's size.
-RUNS = {"gradient descent": ("SGD", {"lr": 1e-3}),
-        "momentum": ("Momentum", {"lr": 5e-4, "mu": 0.9}),
-        "RMSprop": ("RMSprop", {"lr": 1e-2, "alpha": 0.99}),
-        "Adam": ("Adam", {"lr": 0.1, "beta1": 0.9, "beta2": 0.999})}
-STEPS = 500
-
-
-@dataclass
-class Trajectories:
-    paths: dict                  # name -> (STEPS + 1, 2) array of points
-    grid: tuple                  # (X, Y, F) for the contour plot
-    backend: str                 # where the gradient came from: "compiled" or "reference"
-    seconds: float = 0.0
-
-
-def _gradient_fn(d):
-    """(x, y) -> (df/dx, df/dy) from the derived backward of `d`: the compiled float64 kernel,
-    or derive.reference's evaluator of the same expressions when compiled/ is unavailable."""
-    try:
-        from symgrad import compiled
-        k = compiled.kernels(d, "float64")
-
-        def grad(x, y):
-            r = k.backward(g=np.ones(1), x=np.array([x]), y=np.array([y]))
-            return float(r["x"][0]), float(r["y"][0])
-
-        def value(X, Y):
-            return k.forward(x=np.ascontiguousarray(X.ravel()), y=np.ascontiguousarray(Y.ravel()))["f"] \
-                .reshape(X.shape)
-        return grad, value, "compiled"
-    except ImportError:
-        from symgrad.derive import reference
-
-        def grad(x, y):
-            r = reference.vjp(d, {"g": np.ones(1)}, {"x": np.array([x]), "y": np.array([y])})
-            return float(r["x"][0]), float(r["y"][0])
-
-        def value(X, Y):
-            return reference.forward(d, {"x": X.ravel(), "y": Y.ravel()})["f"].reshape(X.shape)
-        return grad, value, "reference"
-
-
-def trajectories(steps: int = STEPS, start=START, runs=None) -> Trajectories:
-    """Run each optimizer of `runs` from `start` for `steps` steps on the Rosenbrock layer."""
-    sys.path.insert(0, str(ROOT))
-    from symgrad import derive
-    from symgrad import models
-    t0 = time.perf_counter()
-    d = derive.define("rosenbrock", rosenbrock)
-    grad, value, backend = _gradient_fn(d)
-    paths = {}
-    for name, (cls, hyper) in (runs or RUNS).items():
-        p = models.Param(np.array(start, dtype=np.float64))
-        opt = getattr(models, cls)([p], **hyper)
-        path = [p.data.copy()]
-        for _ in range(steps):
-            p.grad[:] = grad(*p.data)
-            opt.step()
-            path.append(p.data.copy())
-        paths[name] = np.array(path)
-    X, Y = np.meshgrid(np.linspace(-2, 2, 241), np.linspace(-1, 3, 241))
-    F = value(X, Y)
-    return Trajectories(paths, (X, Y, F), backend, time.perf_counter() - t0)
 
 
 # --- rendering -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The site generator in docs/sitegen, the pictures (docs/figures.py) and `symgrad docs`: costs,
+"""The site generator in docs/sitegen, the pictures (docs/figures.py, docs/trajectories.py) and `symgrad docs`: costs,
 the gradient and HVP checks, page text (the "Second order" section of every layer page), the
 Newton steps of the second-order guide (docs/newton_step.py), recorded loss curves, optimizer
 trajectories.
@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "docs"))
 
 from symgrad import derive  # noqa: E402
 import figures  # noqa: E402  (docs/figures.py)
+import trajectories  # noqa: E402  (docs/trajectories.py)
 import newton_step  # noqa: E402  (docs/newton_step.py)
 import sitegen  # noqa: E402
 from sitegen import analysis, costs, gradcheck, pages  # noqa: E402
@@ -364,7 +365,7 @@ def test_run_summary_names_the_command_and_the_losses(tmp_path):
 def test_rosenbrock_gradient_is_derived_and_matches_finite_differences():
     from symgrad.derive import reference
 
-    d = derive.define("rosenbrock_for_test", figures.rosenbrock)
+    d = derive.define("rosenbrock_for_test", trajectories.rosenbrock)
     x, y = np.array([-1.2, 0.3, 1.0]), np.array([1.0, -0.5, 1.0])
     f = lambda x_, y_: reference.forward(d, {"x": x_, "y": y_})["f"]  # noqa: E731
     got = reference.vjp(d, {"g": np.ones(3)}, {"x": x, "y": y})
@@ -377,7 +378,7 @@ def test_rosenbrock_gradient_is_derived_and_matches_finite_differences():
 
 
 def test_trajectories_run_each_optimizer_and_all_go_downhill():
-    t = figures.trajectories(steps=200)
+    t = trajectories.trajectories(steps=200)
     assert set(t.paths) == {"gradient descent", "momentum", "RMSprop", "Adam"}
     X, Y, F = t.grid
 
@@ -386,21 +387,21 @@ def test_trajectories_run_each_optimizer_and_all_go_downhill():
 
     for name, path in t.paths.items():
         assert path.shape == (201, 2) and np.isfinite(path).all(), name
-        assert np.allclose(path[0], figures.START), name
+        assert np.allclose(path[0], trajectories.START), name
         assert f(path[-1]) < 0.5 * f(path[0]), f"{name} went from f={f(path[0])} to f={f(path[-1])}"
     assert F.shape == X.shape and np.isclose(F.min(), 0, atol=1e-3)
     # the first step of gradient descent is -lr * (the derived gradient at the start)
     from symgrad.derive import reference
 
-    lr = figures.RUNS["gradient descent"][1]["lr"]
+    lr = trajectories.RUNS["gradient descent"][1]["lr"]
     step = (t.paths["gradient descent"][1] - t.paths["gradient descent"][0]) / -lr
-    g = reference.vjp(derive.define("rosenbrock_start", figures.rosenbrock), {"g": np.ones(1)},
-                      {"x": np.array([figures.START[0]]), "y": np.array([figures.START[1]])})
+    g = reference.vjp(derive.define("rosenbrock_start", trajectories.rosenbrock), {"g": np.ones(1)},
+                      {"x": np.array([trajectories.START[0]]), "y": np.array([trajectories.START[1]])})
     assert np.allclose(step, [g["x"][0], g["y"][0]])
 
 
 def test_trajectories_figure_is_a_png():
-    assert figures.trajectories_figure(figures.trajectories(steps=20)).startswith(PNG)
+    assert figures.trajectories_figure(trajectories.trajectories(steps=20)).startswith(PNG)
 
 
 # --- pages that show the pictures ------------------------------------------------------------
