@@ -27,11 +27,16 @@ def render_text(d) -> str:
     return "\n".join(lines)
 
 
-def render_latex(d) -> str:
-    out = [f"% {d.name}"]
-    for kind in KINDS:
-        out += [f"% {_LABEL[kind]}\n{s.latex}" for s in d.steps_of(kind)]
+def _latex(title, steps_of, kinds, labels) -> str:
+    """Each recorded step's LaTeX under a comment naming its kind."""
+    out = [f"% {title}"]
+    for kind in kinds:
+        out += [f"% {labels[kind]}\n{s.latex}" for s in steps_of(kind)]
     return "\n".join(out)
+
+
+def render_latex(d) -> str:
+    return _latex(d.name, d.steps_of, KINDS, _LABEL)
 
 
 _LABEL2 = {"definition": "definition", "tangent": "tangent", "program": "backward", "hvp": "hvp",
@@ -54,10 +59,7 @@ def render_text_order2(so) -> str:
 def render_latex_order2(so) -> str:
     from symgrad.derive.second_order import KINDS as KINDS2
 
-    out = [f"% {so.name} (second order)"]
-    for kind in KINDS2:
-        out += [f"% {_LABEL2[kind]}\n{s.latex}" for s in so.steps_of(kind)]
-    return "\n".join(out)
+    return _latex(f"{so.name} (second order)", so.steps_of, KINDS2, _LABEL2)
 
 
 def main(argv) -> int:

@@ -68,7 +68,8 @@ def test_second_process_loads_every_kernel_from_cache_without_compiling(kernel_c
 
 
 _BUILDER = r"""
-import sys, compiled, derive
+import sys
+from symgrad import compiled, derive
 from tests.defined_layers import sgd_step
 k = compiled.kernels(derive.define("t_race", sgd_step), "float64")
 print(k.source_path)
