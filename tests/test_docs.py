@@ -483,7 +483,7 @@ def test_contributing_lists_files_that_exist_and_where_every_layer_is_tested_and
     assert not missing, f"docs/contributing.md names files that do not exist: {missing}"
     assert "`tests/layers/<layer>.py`" in md, "docs/contributing.md does not say where a layer's test spec is"
     for name in layers.specified():  # a spec is read from the file the page names (a missing one
-        # fails tests/test_layer_specs.py)
+        # fails tests/derive/test_layer_specs.py)
         assert Path(layers.spec(name).__file__) == ROOT / "tests" / "layers" / f"{name}.py", name
     readme = (ROOT / "README.md").read_text()
     for name in derive.layers():
