@@ -6,7 +6,7 @@ trajectories.
 The HVP kernels compile into the same kernel cache as the site build ($SYMGRAD_CACHE_DIR, else
 ~/.cache/symgrad), so whichever runs first compiles them for the other.
 
-The whole-site build and the browser checks are in tests/test_docs_browser.py.
+The whole-site build and the browser checks are in tests/docs/test_site_in_browser.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "docs"))
 
 from symgrad import derive  # noqa: E402
