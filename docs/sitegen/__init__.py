@@ -11,7 +11,7 @@ Each page's "Second order" section compiles the layer's HVP kernel with Numba (a
 layer on a cold kernel cache, one core each), so `SecondOrderPool` computes them in worker
 processes (SYMGRAD_DOCS_JOBS of them, default the CPU count; 1: in this process) while this one
 does the first-order part of every page. Workers share the kernel and derivation caches on disk
-(`$SYMGRAD_CACHE_DIR`) with this process and with the tests (tests/test_docs.py computes the same
+(`$SYMGRAD_CACHE_DIR`) with this process and with the tests (tests/docs/test_site.py computes the same
 sections); a lock per layer (analysis.layer_lock) makes a build and the tests running side by side
 compile each kernel once between them.
 

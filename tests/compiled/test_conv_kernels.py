@@ -20,7 +20,7 @@ from tests import layers
 from tests.gradcheck import assert_close
 
 CASES = [  # (layer, shapes, dtype): a few, each compiles in seconds
-    # conv2d_p1 in float64 is the CNN's (tests/test_models_cnn.py): one compile for both; stride and
+    # conv2d_p1 in float64 is the CNN's (tests/models/test_cnn.py): one compile for both; stride and
     # dilation are in conv1d's kernels below (conv2d_s2_p1_d2 alone took 52 s to compile)
     ("conv2d_p1", {"x": (2, 2, 7, 6), "w": (3, 2, 3, 2), "b": (3,)}, "float64"),
     ("conv1d_s2_p1_d2", {"x": (2, 3, 8), "w": (2, 3, 3), "b": (2,)}, "float32"),

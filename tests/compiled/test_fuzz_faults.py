@@ -1,4 +1,4 @@
-"""Crashes the property fuzzer (tests/fuzz.py) found in compiled/, each as a small explicit
+"""Crashes the property fuzzer (tests/fuzz/) found in compiled/, each as a small explicit
 definition (seeds renumber when the generator changes). Each either computes the gradients
 that float64 central differences give, or is refused with a DeriveError naming the layer, the
 term and the function before Numba compiles anything."""

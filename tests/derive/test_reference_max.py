@@ -1,5 +1,5 @@
 """derive.reference on max/min of an array and a number (ReLU written sp.Max(x[i], 0)) and on the
-Heaviside step SymPy gives as its derivative: found by the fuzzer (tests/fuzz.py), where the
+Heaviside step SymPy gives as its derivative: found by the fuzzer (tests/fuzz/), where the
 reference raised ValueError on np.maximum.reduce over operands of different shapes."""
 
 import numpy as np

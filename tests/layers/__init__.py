@@ -19,7 +19,7 @@ everything the tests need to know about its layer:
   for a layer whose reference is slow (default 3).
 
 A module whose name starts with `_` holds helpers several specs share; it is not a spec.
-tests/test_layer_specs.py checks that every built-in layer has a spec and every spec a layer.
+tests/derive/test_layer_specs.py checks that every built-in layer has a spec and every spec a layer.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def unknown() -> list[str]:
 
 def specified() -> list[str]:
     """The built-in layers that have a spec, in derive's order: what the layer tests run over
-    (a layer without one fails tests/test_layer_specs.py alone)."""
+    (a layer without one fails tests/derive/test_layer_specs.py alone)."""
     have = set(names())
     return [n for n in derive.layers() if n in have]
 

@@ -170,7 +170,7 @@ def test_a_side_runs_in_its_own_process_and_its_errors_come_back():
 
     with pytest.raises(SideError, match="side 'bad'.*ModuleNotFoundError"):
         Side("bad", "no_such_module:calls", ())
-    s = Side("rss", "tests.bench_side:calls", (4,))
+    s = Side("rss", "tests.models.bench_side:calls", (4,))
     try:
         assert s.ask("pid") != os.getpid()
         assert s.time("grow", 3) > 0 and s.ask("memory") >= 6  # three 4 MiB blocks held

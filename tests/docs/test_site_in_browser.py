@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_PAGES = ("softmax", "layernorm", "attention")
 BUILD_LIMIT_S = 120

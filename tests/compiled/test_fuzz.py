@@ -1,4 +1,4 @@
-"""The fuzzer (tests/fuzz.py) in the suite: a short budgeted run over fixed seeds finds no crash
+"""The fuzzer (tests/fuzz/) in the suite: a short budgeted run over fixed seeds finds no crash
 and no disagreement, and the generator is a pure function of its seed.
 
 The seeds that fail on today's main are listed in KNOWN with the fault each one hits (found by

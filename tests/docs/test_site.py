@@ -6,7 +6,7 @@ trajectories.
 The HVP kernels compile into the same kernel cache as the site build ($SYMGRAD_CACHE_DIR, else
 ~/.cache/symgrad), so whichever runs first compiles them for the other.
 
-The whole-site build and the browser checks are in tests/test_docs_browser.py.
+The whole-site build and the browser checks are in tests/docs/test_site_in_browser.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "docs"))
 
 from symgrad import derive  # noqa: E402
@@ -484,7 +484,7 @@ def test_contributing_lists_files_that_exist_and_where_every_layer_is_tested_and
     assert not missing, f"docs/contributing.md names files that do not exist: {missing}"
     assert "`tests/layers/<layer>.py`" in md, "docs/contributing.md does not say where a layer's test spec is"
     for name in layers.specified():  # a spec is read from the file the page names (a missing one
-        # fails tests/test_layer_specs.py)
+        # fails tests/derive/test_layer_specs.py)
         assert Path(layers.spec(name).__file__) == ROOT / "tests" / "layers" / f"{name}.py", name
     readme = (ROOT / "README.md").read_text()
     for name in derive.layers():

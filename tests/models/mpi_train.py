@@ -1,8 +1,9 @@
-"""A data-parallel run through the Python API, for tests/test_mpi.py: the same script in one process
-(`python -m tests.mpi_train OUT`) and under `mpirun -n K`. Rank 0 writes OUT/ckpt.npz; every rank
-writes its final parameters and optimizer state to OUT/state.RANK.npy, bytes as they are.
+"""A data-parallel run through the Python API, for tests/models/test_mpi.py: the same script in one
+process (`python -m tests.models.mpi_train OUT`) and under `mpirun -n K`. Rank 0 writes
+OUT/ckpt.npz; every rank writes its final parameters and optimizer state to OUT/state.RANK.npy,
+bytes as they are.
 
-    python -m tests.mpi_train OUT [STEPS [BATCH [DRIFT]]]   # DRIFT=1: rank 1's parameters drift"""
+    python -m tests.models.mpi_train OUT [STEPS [BATCH [DRIFT]]]   # DRIFT=1: rank 1's parameters drift"""
 
 import sys
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""A side for tests/test_bench.py's test of models.sides: built in its own process."""
+"""A side for tests/models/test_bench.py's test of models.sides: built in its own process."""
 
 import os
 

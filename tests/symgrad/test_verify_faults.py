@@ -16,7 +16,7 @@ import pytest
 from symgrad.cli import main as symgrad_main
 from tests.verify_cli import candidates_file, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 CANDIDATES = textwrap.dedent('''
     import sys

@@ -20,7 +20,7 @@ import pytest
 
 from symgrad.models import checkpoint, distributed
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _missing():
@@ -81,10 +81,10 @@ def test_launched_with_ranks_but_without_mpi4py_is_one_line(monkeypatch):
 def test_two_ranks_follow_the_one_process_trajectory_with_identical_parameters(tmp_path, batch, steps):
     """Global batch 12 over 2 ranks (6 rows each) against batch 12 in one process, 50 AdamW steps,
     gradients clipped by their global norm; batch 7 (4 + 3 rows, weighted) likewise."""
-    from tests import mpi_train
+    from tests.models import mpi_train
     one, two = tmp_path / "one", tmp_path / "two"
     mpi_train.main(one, steps, batch)  # here, in one process
-    r = run(MPIRUN + ["-n", "2", sys.executable, "-m", "tests.mpi_train", str(two), str(steps), str(batch)])
+    r = run(MPIRUN + ["-n", "2", sys.executable, "-m", "tests.models.mpi_train", str(two), str(steps), str(batch)])
     assert r.returncode == 0, r.stdout + r.stderr
     a, b = history(one), history(two)
     assert len(a) == len(b) == steps
@@ -185,7 +185,7 @@ def test_ranks_started_with_different_arguments_are_refused_in_one_line(tmp_path
 
 @needs_mpi
 def test_parameters_that_drift_apart_stop_training_at_the_checkpoint(tmp_path):
-    r = run(MPIRUN + ["-n", "2", sys.executable, "-m", "tests.mpi_train", str(tmp_path), "4", "12", "1"])
+    r = run(MPIRUN + ["-n", "2", sys.executable, "-m", "tests.models.mpi_train", str(tmp_path), "4", "12", "1"])
     assert r.returncode != 0, r.stdout + r.stderr
     assert "step 4: the parameters on rank 1 differ from rank 0's" in r.stderr, r.stdout + r.stderr
     assert not (tmp_path / "ckpt.npz").exists()
