@@ -16,7 +16,7 @@ from symgrad import compiled
 from symgrad import derive
 from symgrad.compiled import api
 from tests.defined_layers import BUILDERS
-from tests.compiled.test_kernels import BUILTINS, _cast, _random_cases
+from tests.compiled.test_kernels import BUILTINS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,6 @@ vectorized (they exist only to be fast, so a loop over them must beat libm's sca
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 import time
 

@@ -375,7 +375,6 @@ class Generator:
             return self.step_elementwise()
         t = self.pick(cands)
         a = self.pick([x for x in t.axes if x.size >= 3])
-        others = [x for x in t.axes if x is not a]
         if self.chance(0.6):
             K = self.dim(2, a.size - 1)
             out = _Axis(f"{a.extent} - {K.extent} + 1", a.size - K.size + 1)

@@ -4,7 +4,6 @@ and SciPy's L-BFGS where the features are correlated and unequally scaled (and n
 they are well conditioned: both cases are asserted as they are), and trains the MLP from the CLI."""
 
 import numpy as np
-import pytest
 
 from symgrad.models import newton
 from symgrad.cli import main
