@@ -1,6 +1,10 @@
 """MkDocs hook (mkdocs.yml: `hooks: [docs/hooks.py]`): generates the per-layer and per-optimizer
 pages from derive/ at build time and installs the local MathJax.
 
+- on_config: build/api/symgrad is the installed namespace as mkdocstrings (griffe) reads it:
+  symgrad/'s modules with derive/, compiled/ and models/ linked in as symgrad.derive,
+  symgrad.compiled and symgrad.models (pyproject.toml maps them so when installing; griffe reads
+  folders, not the install's mapping). mkdocs.yml points mkdocstrings there.
 - on_pre_build: MathJax 3 is copied into docs/assets/mathjax/ from the npm package when missing
   (docs/fetch_assets.py); no CDN is ever used.
 - on_files: docs/sitegen generates layers/*.md and optimizers/*.md (never written to disk) and
@@ -12,7 +16,7 @@ pages from derive/ at build time and installs the local MathJax.
   optimizer kernels on a layer defined by its forward only. They exist only in the built site
   (figures/*.png); a missing data file or a failure is a warning, so --strict fails.
 - on_page_markdown: in a hand-written page, `<!-- symgrad:cli-help -->` becomes `symgrad --help`;
-  `<!-- symgrad:source models.gpt:gpt_graph -->` the source of that function (so a page that
+  `<!-- symgrad:source symgrad.models.gpt:gpt_graph -->` the source of that function (so a page that
   explains code shows the code as it is); `<!-- symgrad:step gpt -->` the training step symgrad
   prints for a small GPT; `<!-- symgrad:run gpt -->` a table saying what the recorded run
   behind a loss curve was; `<!-- symgrad:derive cross_entropy --order 2 -->` what
@@ -31,6 +35,7 @@ import importlib
 import inspect
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -66,6 +71,20 @@ RUN_MARKER = re.compile(r"<!-- symgrad:run (\w+) -->")
 STEP_MARKER = "<!-- symgrad:step gpt -->"
 DERIVE_MARKER = re.compile(r"<!-- symgrad:derive (\w+)( --order 2)? -->")
 NEWTON_MARKER = "<!-- symgrad:newton -->"
+
+
+API = ROOT / "build" / "api"  # mkdocs.yml: mkdocstrings' `paths`
+
+
+def on_config(config):
+    tree = API / "symgrad"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    for f in (ROOT / "symgrad").glob("*.py"):
+        (tree / f.name).symlink_to(f)
+    for package in ("derive", "compiled", "models"):
+        (tree / package).symlink_to(ROOT / package, target_is_directory=True)
+    return config
 
 
 def on_pre_build(config):

@@ -53,9 +53,9 @@ def mkdocs_command(action: str, site_dir=None, strict=True, dev_addr=None) -> li
 
 
 def environment() -> dict:
-    env = dict(os.environ, **QUIET)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
+    """mkdocs' environment: quiet about MkDocs 2. Nothing on PYTHONPATH: symgrad.derive and the
+    rest come from the install, and the API pages from docs/hooks.py's build/api tree."""
+    return dict(os.environ, **QUIET)
 
 
 def _run(cmd) -> int:

@@ -440,7 +440,7 @@ def test_gpt_page_links_every_layer_the_gpt_calls():
     md = (ROOT / "docs" / "guides" / "gpt.md").read_text()
     missing = [n for n in sorted(used) if f"](../layers/{n}.md)" not in md]
     assert not missing, f"docs/guides/gpt.md does not link the layer pages of {missing}"
-    assert "<!-- symgrad:source models.gpt:gpt_graph -->" in md and "<!-- symgrad:step gpt -->" in md
+    assert "<!-- symgrad:source symgrad.models.gpt:gpt_graph -->" in md and "<!-- symgrad:step gpt -->" in md
 
 
 # --- symgrad docs -----------------------------------------------------------------------------

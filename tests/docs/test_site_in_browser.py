@@ -14,13 +14,14 @@ import importlib.util
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+
+from symgrad import docs_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -49,12 +50,10 @@ def built(tmp_path_factory) -> Built:
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"{mod} is not installed (pip install -e '.[docs]')")
     site = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", DISABLE_MKDOCS_2_WARNING="true")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
-           "-d", str(site)]
+    cmd = docs_cmd.mkdocs_command("build", site_dir=site)  # what `symgrad docs build` runs
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=docs_cmd.environment(), capture_output=True, text=True,
+                          timeout=600)
     built = Built(site, proc, time.perf_counter() - t0)
     print(f"\nmkdocs build --strict: {built.seconds:.1f} s (exit {proc.returncode})")
     return built
