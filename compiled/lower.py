@@ -61,6 +61,22 @@ class Dot:
     alpha: sp.Expr = sp.Integer(1)  # out = alpha * a @ b: a scalar factor of the sum (1/sqrt(D))
 
 
+@dataclass(frozen=True)
+class Product:
+    """A sum that is a (batched) matrix product: coeff * sum_K A[batch, M, K] B[batch, K, N].
+
+    `match` gives batch, M and N as sets (which indices, unordered); `plan` gives every group as
+    a tuple, in the order the product's loops and reshapes take them."""
+
+    coeff: sp.Expr  # the scalar factors (no index): the product's alpha
+    A: sp.Expr  # the factors of the left operand
+    B: sp.Expr  # the factors of the right operand
+    batch: tuple | set  # indices both operands and the result carry (looped over)
+    M: tuple | set  # the result's rows: A's free indices
+    N: tuple | set  # the result's columns: B's free indices
+    K: tuple  # the summed indices
+
+
 @dataclass
 class Temp:
     name: str
@@ -349,7 +365,6 @@ class Lowerer:
         if any(isinstance(f, sp.KroneckerDelta) and f.atoms(sp.Indexed) for f in factors):
             return None  # delta(ids[n], p): a scatter-add, not a product with a one-hot matrix
         sets = [self.ivars(f) for f in factors]
-        first = factors[0]
         best = None
         for mask in range(2 ** (len(factors) - 1)):
             A = [factors[0]] + [f for n, f in enumerate(factors[1:]) if (mask >> n) & 1]
@@ -366,11 +381,10 @@ class Lowerer:
             batch = (av & bv) - set(K)
             best = (A, B, batch, M, N)
             break
-        del first
         if best is None:
             return None
         A, B, batch, M, N = best
-        return sp.Mul(*coeff), sp.Mul(*A), sp.Mul(*B), batch, M, N, K
+        return Product(sp.Mul(*coeff), sp.Mul(*A), sp.Mul(*B), batch, M, N, K)
 
     def operand(self, f, batch, inner):
         """A plain array read usable as a BLAS operand, else a temporary; returns (name, idx)."""
@@ -408,10 +422,12 @@ class Lowerer:
         return nb > 0 and len(g0) == len(g1) == 1 and rest in (g0 + g1, g1 + g0)
 
     def plan(self, s):
+        """The product Sum s is (`match`), each group ordered: A the operand whose group leads the
+        equation's own indices, the batch in the order a plain read keeps it; or None."""
         m = self.match(s)
         if m is None:
             return None
-        coeff, A, B, batch, M, N, K = m
+        A, B, batch, M, N = m.A, m.B, m.batch, m.M, m.N
         hint = [v for v in getattr(self, "hint", ()) if v in (batch | M | N)]
         if len(hint) == len(batch | M | N):
             rest = [v for v in hint if v not in batch]
@@ -426,14 +442,13 @@ class Lowerer:
                 break
         if border is None:
             border = tuple(sorted(batch, key=str))
-        return coeff, A, B, border, _ordered(A, M), _ordered(B, N), _ordered(A, K)
+        return Product(m.coeff, A, B, border, _ordered(A, M), _ordered(B, N), _ordered(A, m.K))
 
     def contraction_temp(self, s):
         plan = self.plan(s)
         if plan is None:
             return None
-        coeff, A, B, batch, M, N, K = plan
-        order = tuple(batch) + M + N
+        order = tuple(plan.batch) + plan.M + plan.N
         key = self.canon(s, order)
         if key in self.temp_keys:
             name, _ = self.temp_keys[key]
@@ -442,15 +457,15 @@ class Lowerer:
         self.temp_keys[key] = (name, order)
         self.out.temps.append(Temp(name, tuple(self.extents[v] for v in order)))
         self.arrays[name] = tuple(self.extents[v] for v in order)
-        self.emit_dot(name, order, coeff, A, B, batch, M, N, K)
+        self.emit_dot(name, order, plan)
         return sp.IndexedBase(name, real=True)[order]
 
-    def emit_dot(self, name, order, coeff, A, B, batch, M, N, K):
-        an, ai = self.operand(A, batch, (M, K))
-        bn, bi = self.operand(B, batch, (K, N))
+    def emit_dot(self, name, order, p: Product):
+        an, ai = self.operand(p.A, p.batch, (p.M, p.K))
+        bn, bi = self.operand(p.B, p.batch, (p.K, p.N))
         # a scalar factor is the product's alpha, not a pass of its own over the result
-        self.out.stmts.append(Dot(name, tuple(order), an, ai, bn, bi, tuple(batch), M, N, K,
-                                  alpha=sp.sympify(coeff)))
+        self.out.stmts.append(Dot(name, tuple(order), an, ai, bn, bi, tuple(p.batch), p.M, p.N, p.K,
+                                  alpha=sp.sympify(p.coeff)))
 
     def direct_dot(self, target, idx, expr):
         """If expr (after lowering) has a term that is a contraction temp read at idx, compute that
