@@ -6,7 +6,8 @@
     >>> dx = k.backward(g=g, s=s)["x"]
     >>> print(k.source_path)      # the generated .py file, readable, Numba-cached
 
-Pipeline: derive's index expressions -> `lower` (BLAS contractions, scatter-adds, temporaries)
+Pipeline: derive's index expressions -> `lower` (BLAS contractions: `products`; scatter-adds:
+`accumulations`; loop bounds: `bounds`; temporaries) into the statements of `nest`
 -> `writer`/`printer` (loop nests, hoisted accumulators, CSE) -> a `.py` file in the cache dir
 (`cache`) -> `njit(cache=True)` functions wrapped with argument checks (`api`).
 """

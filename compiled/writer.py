@@ -47,7 +47,7 @@ import itertools
 
 import sympy as sp
 
-from .lower import Dot, Nest, reductions, _canon_bound, _reads
+from .nest import Dot, Nest, canon_bound, reads, reductions
 from .printer import print_index, print_value
 from symgrad.derive.functions import REDUCTIONS, Iverson, MaxOver, body_of, limits_of
 
@@ -266,7 +266,7 @@ class KernelWriter:
             writes = lambda s: s.target if isinstance(s, Nest) else s.out  # noqa: E731
             if any(writes(s) == st.target for s in out if s is not st):
                 continue
-            if any(isinstance(s, Dot) and _reads(s, st.target) for s in later):
+            if any(isinstance(s, Dot) and reads(s, st.target) for s in later):
                 continue
             if any(any(str(ix.base.label) == writes(s) for ix in e.atoms(sp.Indexed)) for s in later):
                 continue
@@ -274,7 +274,7 @@ class KernelWriter:
                    for s in later if isinstance(s, Nest) for ix in s.expr.atoms(sp.Indexed)):
                 continue
             for m, s in enumerate(later):
-                if isinstance(s, Nest) and _reads(s, st.target):
+                if isinstance(s, Nest) and reads(s, st.target):
                     sub = {ix: e.xreplace(dict(zip(st.write, ix.indices)))
                            for ix in s.expr.atoms(sp.Indexed) if str(ix.base.label) == st.target}
                     out[n + m] = Nest(s.target, s.write, s.order, s.expr.xreplace(sub),
@@ -503,11 +503,11 @@ class KernelWriter:
             writers = [s for s in self.stmts if (s.target if isinstance(s, Nest) else s.out) == t]
             if len(writers) != 1:
                 continue
-            outside = any(_reads(s, t) for s in self.stmts if not any(s is g for g in group))
+            outside = any(reads(s, t) for s in self.stmts if not any(s is g for g in group))
             if t in self.temps and not outside:
                 name = self.names.get(t, t)  # the array is never allocated: its name is free
                 self.scalarized.add(t)
-            elif any(_reads(s, t) for s in group[n + 1:]):
+            elif any(reads(s, t) for s in group[n + 1:]):
                 name = self.ident(f"{self.names.get(t, t)}_{self.names[v]}")
             else:
                 continue
@@ -754,7 +754,7 @@ class KernelWriter:
         sub = {}
         chain = [id(b) for b, _ in blocks]
         for r in reductions(expr):
-            key = sp.srepr(_canon_bound(r))
+            key = sp.srepr(canon_bound(r))
             hit = cache.get(key)
             if hit is not None and hit[1] in chain:
                 sub[r] = hit[0]
