@@ -422,14 +422,7 @@ class KernelWriter:
             self.dot(st, body, rows=(r0, r1), pre=par, mode="rows")
         if nests:
             v = self.row_index(dots[0])
-            loop = Block()
-            body.rest.append(f"for {self.name_index(v)} in range({r0}, {r1}):")
-            body.rest.append(loop)
-            self.row_locals(nests)
-            for st in nests:
-                b = Block(flat=True)
-                loop.rest.append(b)
-                self.nest([st], b, outer=[(body, set()), (b, {v})], order=st.order[1:])
+            self.row_loop(body, f"for {self.name_index(v)} in range({r0}, {r1}):", v, nests)
         self.subst, self.row_local = {}, {}
         for st in dots:
             self.dot(st, ser, mode="rows")
@@ -481,9 +474,13 @@ class KernelWriter:
 
     def fused(self, group, root):
         v, lo, hi = group[0].order[0]
+        self.row_loop(root, f"for {self.name_index(v)} in {_range(lo, hi, self.names)}:", v, group)
+
+    def row_loop(self, root, header, v, group):
+        """`header` (a loop over the row variable v) printed into root, holding each statement
+        of group as a nest over its remaining loops: one pass over a row for all of them."""
         body = Block()
-        root.rest.append(f"for {self.name_index(v)} in {_range(lo, hi, self.names)}:")
-        root.rest.append(body)
+        root.rest += [header, body]
         self.row_locals(group)
         for st in group:
             blk = Block(flat=True)
