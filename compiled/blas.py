@@ -18,7 +18,7 @@ gemm from being cached (`njit(cache=True)`); a symbol is resolved again in each 
 Threading: MKL runs sequentially (MKL_THREADING_LAYER=sequential, set here whatever the
 environment says): every product runs on the thread that calls it, and the kernels' one thread
 pool is Numba's (TBB, compiled/build.py), which splits a large product into row blocks, one per
-thread (compiled/writer.py), and runs attention's per-sequence products side by side. With
+thread (compiled/parallel.py), and runs attention's per-sequence products side by side. With
 MKL's own OpenMP threads as a second pool, each switch between the pools woke sleeping threads:
 measured 2026-12-06 on the 2-vCPU AMD EPYC (Zen 4) VM, the attention forward took 0.26 ms
 alone and 0.45 ms right after a 2-thread MKL product; and MKL's own 2-thread split of the GPT's

@@ -28,7 +28,8 @@ from .blas import CACHE_TAG as BLAS_TAG, backend as blas_backend
 from .lower import Lowerer
 from .printer import no_rule
 from .version import GENERATOR_VERSION
-from .writer import KernelWriter, helper_imports, helper_source
+from .helpers import helper_imports, helper_source
+from .writer import KernelWriter
 
 FASTMATH = "{'arcp', 'contract', 'afn', 'reassoc', 'nsz'}"  # never nnan/ninf: NaN checks stay right
 RESERVED = {"np", "math", "F", "njit", "range", "max", "min", "abs", "FAST", "prange", "numba",
@@ -37,7 +38,7 @@ RESERVED = {"np", "math", "F", "njit", "range", "max", "min", "abs", "FAST", "pr
 # error_model="numpy": a float division by zero gives inf/NaN as IEEE says instead of a Python
 # ZeroDivisionError check, which kept every loop with a division from vectorizing
 JIT = '@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")'
-# a kernel with a prange loop (compiled/writer.py: parallelize). PRANGE_ONLY turns Numba's
+# a kernel with a prange loop (compiled/parallel.py: parallelize). PRANGE_ONLY turns Numba's
 # other automatic conversions off: they would send a 128-element `dgamma[:] = 0` to the threads.
 JIT_PARALLEL = '@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy", parallel=PRANGE_ONLY)'
 
@@ -111,7 +112,7 @@ class KernelSpec:
     elementwise_alias: dict = field(default_factory=dict)  # out name -> inputs it may alias
     source: str = ""
     # the matrix products it calls, in the dims: (M, K, N, a transposed, b transposed, calls,
-    # mode: "batch", "rows" or "", compiled/writer.py); out[M, N] = op(a)[M, K] @ op(b)[K, N]
+    # mode: "batch", "rows" or "", compiled/parallel.py); out[M, N] = op(a)[M, K] @ op(b)[K, N]
     # (the bench's GEMM floor, models/bench.py)
     products: list = field(default_factory=list)
 
@@ -173,7 +174,7 @@ class ModuleBuilder:
         # float32: exp/tanh/erf print as compiled.elementary's vectorizable helpers
         self.calls = elementary.FLOAT32_CALLS if dtype == "float32" else None
         self.used = set()  # helpers the kernels call
-        self.helpers = set()  # loop helpers (compiled.writer.HELPERS) the kernels call
+        self.helpers = set()  # loop helpers (compiled.helpers.HELPERS) the kernels call
         self.parallel = False  # whether a kernel has a prange loop
         self.gemm = set()  # what the kernels call of compiled.blas: gemm
 
@@ -454,7 +455,7 @@ def module_source(d, dtype: str, key: str, blas: bool = True, parallel: bool = T
           if mb.parallel else []),
         "",
         "",
-        *(["# Loop helpers (compiled/writer.py).", "", helper_source(mb.helpers)] if mb.helpers else []),
+        *(["# Loop helpers (compiled/helpers.py).", "", helper_source(mb.helpers)] if mb.helpers else []),
         *(["# Vectorizable float32 elementary functions (compiled/elementary.py); libm is called",
            "# one element at a time without a vector math library.", "",
            elementary.source(mb.used)] if mb.used else []),

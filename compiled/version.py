@@ -8,8 +8,8 @@ import hashlib
 from pathlib import Path
 
 _RELEASE = "1"
-_FILES = ("printer.py", "nest.py", "products.py", "bounds.py", "accumulations.py", "lower.py", "writer.py",
-          "build.py", "elementary.py")
+_FILES = ("printer.py", "nest.py", "products.py", "bounds.py", "accumulations.py", "lower.py", "block.py",
+          "helpers.py", "hoist.py", "parallel.py", "writer.py", "build.py", "elementary.py")
 
 
 def _source_hash() -> str:

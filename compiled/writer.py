@@ -7,38 +7,12 @@ nests over the same leading index whose reads stay within that row are fused und
 (softmax's m, e, z, s: one pass per row); consecutive accumulations over the same loops share
 them (layernorm's dgamma and dbeta: one pass over g). `sympy.cse` runs per element expression.
 
-What a loop does not change is computed outside it: a row value such as softmax's m[i] or
-layernorm's mean[i], written in the fused row loop and read later in the same row, is a local
-(a temporary read nowhere else is not allocated at all), and each part of an element
-expression that depends only on outer indices (a row's rstd[i]**2, 1/C, a target id) is
-computed once at the loop where those indices are bound. A store into an array can alias
-every later load, so LLVM could not move those loads itself, and a loop that reloads a value
-through a possibly aliased pointer does not vectorize well.
-
 A max-reduction calls `maximum` (llvm.maximum: IEEE maximum, NaN-propagating like np.max),
 which LLVM vectorizes; Python's `max` is a compare-and-select it keeps scalar without the
 nnan fast-math flag (softmax's row max: 126 us -> 24 us at 3072 x 64 float32).
 
-An outermost loop whose iterations write disjoint elements (its index leads every write of
-the loop and every read of what the loop writes) and accumulate nothing across iterations is
-printed twice, as `prange` and as `range`, behind `if <work> >= PARALLEL_MIN and
-pool_threads() > 1` (`work`: its element visits, from the extents at run time; PARALLEL_MIN
-and the threading layer are set, with their measurements, in compiled/build.py): a call too
-small to pay for waking the threads (batch-1 sampling), or made with one thread
-(numba.set_num_threads(1)), never touches the thread pool.
-
-Matrix products over a leading batch index and the row loops between them (attention's
-S[b] = q[b] k[b].T, its softmax rows, y[b] = P[b] v[b]) are one such loop over b, each product
-on the calling thread (MKL is sequential, compiled/blas.py): a sequence's whole work stays on
-one core and in its cache.
-
-A product with no batch index (a linear layer's x W, its dx = g W.T and dW = x.T g) is split
-into row blocks of its output, one per thread, in one parallel loop with the products beside it
-that read none of its results (dx and dW together) and the row loops after it that stay within
-its rows (the bias add: each thread adds it to the rows it just computed, while they are in its
-cache). Measured 2026-12-06 on the 2-vCPU AMD EPYC VM, the reference GPT's linear products:
-MKL's own two threads 114 GFLOP/s, row blocks on Numba's pool 133 (median of 15 interleaved
-rounds).
+Hoisting out of loops is compiled/hoist.py; loops and products run in parallel, compiled/parallel.py;
+the Numba helpers a kernel calls, compiled/helpers.py.
 """
 
 from __future__ import annotations
@@ -47,94 +21,12 @@ import itertools
 
 import sympy as sp
 
-from .nest import Dot, Nest, canon_bound, reads, reductions
+from .block import Block, loop_range
+from .hoist import Hoisting
+from .nest import Dot, Nest, reads
+from .parallel import ParallelRuns
 from .printer import print_index, print_value
-from symgrad.derive.functions import REDUCTIONS, Iverson, MaxOver, body_of, limits_of
-
-# Loop helpers a kernel may call, copied into its generated file (Numba's cache sees only that
-# file): name -> (source, import lines).
-HELPERS = {
-    "maximum": ('''
-@intrinsic
-def maximum(typingctx, a, b):
-    """max(a, b), NaN if either is NaN (IEEE-754 maximum, as np.max): llvm.maximum, which LLVM
-    vectorizes as a reduction; Python's max is a compare-and-select it keeps scalar."""
-    if a != b:
-        return None
-
-    def codegen(context, builder, signature, args):
-        ty = args[0].type
-        fn = builder.module.declare_intrinsic("llvm.maximum", [ty], ir.FunctionType(ty, [ty, ty]))
-        return builder.call(fn, args)
-    return a(a, b), codegen
-''', ["from llvmlite import ir", "from numba.extending import intrinsic"]),
-    "pool_threads": ('''
-@intrinsic
-def pool_threads(typingctx):
-    """numba.get_num_threads(), read as Numba's own prange code reads it (a symbol of the
-    threading layer): calling numba.get_num_threads here would stop the kernel from being
-    cached. 1 after numba.set_num_threads(1): the serial copy of a loop runs, no thread pool."""
-    def codegen(context, builder, signature, args):
-        fn = builder.module.globals.get("get_num_threads") or \\
-            ir.Function(builder.module, ir.FunctionType(ir.IntType(64), []), "get_num_threads")
-        return builder.call(fn, [])
-    return types.intp(), codegen
-''', ["from llvmlite import ir", "from numba import types", "from numba.extending import intrinsic"]),
-}
-
-
-def helper_imports(used) -> list:
-    return sorted({line for name in used for line in HELPERS[name][1]})
-
-
-def helper_source(used) -> str:
-    return "\n".join(HELPERS[name][0].strip("\n") + "\n\n" for name in sorted(used))
-
-
-class Block:
-    """Lines at one indentation level: `pre` (hoisted accumulators) before `rest` (loops)."""
-
-    def __init__(self, flat=False):
-        self.pre, self.rest = [], []
-        self.flat = flat  # rendered at its parent's indentation (a statement inside a fused loop)
-
-    def render(self, indent):
-        out = []
-        for item in self.pre + self.rest:
-            if isinstance(item, Block):
-                out.extend(item.render(indent if item.flat else indent + 1))
-            else:
-                out.append("    " * indent + item)
-        return out
-
-
-def _range(lo, hi, names):
-    hi1 = print_index(sp.sympify(hi) + 1, names)
-    return f"range({hi1})" if lo == 0 else f"range({print_index(lo, names)}, {hi1})"
-
-
-def _stem(r):
-    """A readable accumulator name from the tensors a reduction reads: sum_gs, max_x."""
-    labels = []
-    for ix in sorted(r.atoms(sp.Indexed), key=lambda x: str(x.base.label)):
-        lab = str(ix.base.label)
-        if lab not in labels:
-            labels.append(lab)
-    kind = "max" if isinstance(r, MaxOver) else "sum"
-    body = "".join(labels)[:10] if labels else "c"
-    return f"{kind}_{body}".replace("__", "_")
-
-
-# element functions that cost several plain passes each (for KernelWriter.work)
-_COSTLY = {sp.exp, sp.log, sp.tanh, sp.sinh, sp.cosh, sp.sin, sp.cos, sp.atan, sp.erf}
-
-
-def _costly_calls(e):
-    """How many _COSTLY calls an element expression makes (those inside reductions not counted)."""
-    if isinstance(e, REDUCTIONS):
-        return 0
-    own = 1 if isinstance(e, sp.Function) and e.func in _COSTLY else 0
-    return own + sum(_costly_calls(a) for a in e.args)
+from symgrad.derive.functions import REDUCTIONS, Iverson, limits_of
 
 
 def _index_valued(e):
@@ -145,15 +37,7 @@ def _index_valued(e):
         for f in sp.preorder_traversal(e)) and not e.has(sp.Piecewise, sp.core.relational.Relational)
 
 
-def _guarded(e):
-    """A conditional the printer prints as `value if cond else 0`: what is inside is computed
-    only when cond holds (a read behind an index test, an exp behind a causal mask), so it is
-    never moved out of it."""
-    return isinstance(e, (sp.Piecewise, Iverson)) or \
-        (isinstance(e, sp.Mul) and any(isinstance(f, Iverson) for f in e.args))
-
-
-class KernelWriter:
+class KernelWriter(ParallelRuns, Hoisting):
     """Prints the statements of one kernel; `names` maps symbols/labels to identifiers.
 
     `temps`: the arrays the kernel allocates itself (those it may print as locals instead; the
@@ -303,148 +187,12 @@ class KernelWriter:
                 return False
         return True
 
-    def batch_run(self, stmts, n):
-        """The statements from n on that can run per element of one leading batch index b, all
-        of one element's work on one thread: matrix products over b (attention's S[b] = q[b]
-        k[b].T) and the loops between them that write [b, ...] and read what the run writes
-        only at [b, ...]. At least one product and two statements; [] otherwise. Only with a
-        BLAS whose product runs on the calling thread (MKL, sequential), as two thread pools
-        would otherwise nest."""
-        if not self.blas_one_thread or self.parallel_min is None:
-            return []
-        first = stmts[n]
-        v = first.batch[0] if isinstance(first, Dot) and first.batch else \
-            (first.order[0][0] if isinstance(first, Nest) and first.order else None)
-        if v is None:
-            return []
-        run, targets = [], set()
-        for st in stmts[n:]:
-            if isinstance(st, Dot):
-                ok = st.batch[:1] == (v,) and st.out_idx[:1] == (v,) and \
-                    all(idx[:1] == (v,) for name, idx in ((st.a, st.a_idx), (st.b, st.b_idx))
-                        if name in targets)
-                target = st.out
-            else:
-                ok = not st.accumulate and st.order and st.order[0][0] == v and \
-                    st.write[:1] == (v,) and not any(
-                        lim[0] == v for r in st.expr.atoms(*REDUCTIONS) for lim in limits_of(r)) \
-                    and all(ix.indices[:1] == (v,) for ix in st.expr.atoms(sp.Indexed)
-                            if str(ix.base.label) in targets | {st.target})
-                target = st.target
-            if not ok:
-                break
-            run.append(st)
-            targets.add(target)
-        if len(run) < 2 or not any(isinstance(st, Dot) for st in run):
-            return []
-        return run
-
-    def batched(self, run, root):
-        """One loop over the run's batch index: each product on one thread, each row
-        loop nest inside it (attention: S[b], its softmax rows, y[b] per b)."""
-        st0 = run[0]
-        v, ext = (st0.batch[0], self.extents[st0.batch[0]]) if isinstance(st0, Dot) else \
-            (st0.order[0][0], None)
-        lo, hi = (0, sp.sympify(ext) - 1) if ext is not None else st0.order[0][1:]
-        body = Block()
-        root.rest.append(f"for {self.name_index(v)} in {_range(lo, hi, self.names)}:")
-        root.rest.append(body)
-        self.row_local = {}
-        for st in run:
-            blk = Block(flat=True)
-            body.rest.append(blk)
-            if isinstance(st, Dot):
-                self.dot(st, blk, bound=(v,), pre=root)
-            else:
-                self.nest([st], blk, outer=[(root, set()), (blk, {v})], order=st.order[1:])
-
-    def row_block_run(self, stmts, n):
-        """The statements from n on that run as row blocks, one per thread: products with no
-        batch index that read no result of one another (a linear backward's dx = g W.T and
-        dW = x.T g), and, after a single product whose output rows are one index v, the loops
-        over all of v that write [v, ...] and read what the run writes only at [v, ...] (the
-        bias add). [] when the first is not such a product, or without a BLAS that runs on the
-        calling thread."""
-        if not self.blas_one_thread or self.parallel_min is None:
-            return []
-        dots, targets = [], set()
-        for st in stmts[n:]:
-            if not isinstance(st, Dot) or st.batch or st.a in targets or st.b in targets or st.out in targets:
-                break
-            dots.append(st)
-            targets.add(st.out)
-        if len(dots) != 1:
-            return dots
-        v = self.row_index(dots[0])
-        run = list(dots)
-        for st in stmts[n + 1:]:
-            if v is None or not isinstance(st, Nest) or st.accumulate or not st.order or \
-                    tuple(st.order[0]) != (v, 0, sp.sympify(self.extents[v]) - 1) or st.write[:1] != (v,):
-                break
-            if any(lim[0] == v for r in st.expr.atoms(*REDUCTIONS) for lim in limits_of(r)):
-                break
-            if not all(ix.indices[:1] == (v,) for ix in st.expr.atoms(sp.Indexed)
-                       if str(ix.base.label) in targets | {st.target}):
-                break
-            run.append(st)
-            targets.add(st.target)
-        return run
-
-    @staticmethod
     def row_index(st: Dot):
         """The one index the printed product's output rows run over, or None (rows that are a
         group of several indices, reshaped)."""
         rest = tuple(st.out_idx[len(st.batch):])
         rows = st.M if rest[:len(st.M)] == tuple(st.M) else st.N
         return rows[0] if len(rows) == 1 else None
-
-    def row_blocks(self, run, own):
-        """The run twice behind a size test, like `parallelize`: as one prange loop over
-        blocks of rows, one block a thread (each product on its block of output rows, then the
-        row loops over those rows), and as the plain statements."""
-        dots = [st for st in run if isinstance(st, Dot)]
-        nests = [st for st in run if isinstance(st, Nest)]
-        work = print_index(self.work(run), self.names)
-        par, ser = Block(), Block()
-        nt, blk = self.ident("threads"), self.ident("block")
-        par.rest.append(f"{nt} = pool_threads()")
-        par.rest.append(f"for {blk} in prange({nt}):  # one block of rows per thread")
-        body = Block()
-        par.rest.append(body)
-        for st in dots:
-            v = self.row_index(st)
-            stem = self.names.get(v, "row") if v is not None else "row"
-            r0, r1 = self.ident(f"{stem}_lo"), self.ident(f"{stem}_hi")
-            rows = self.printed_rows(st)
-            rows = print_index(rows, self.names) if rows.is_Atom else f"({print_index(rows, self.names)})"
-            body.rest.append(f"{r0} = {blk} * {rows} // {nt}")
-            body.rest.append(f"{r1} = ({blk} + 1) * {rows} // {nt}")
-            self.dot(st, body, rows=(r0, r1), pre=par, mode="rows")
-        if nests:
-            v = self.row_index(dots[0])
-            self.row_loop(body, f"for {self.name_index(v)} in range({r0}, {r1}):", v, nests)
-        self.subst, self.row_local = {}, {}
-        for st in dots:
-            self.dot(st, ser, mode="rows")
-        if nests:
-            if len(nests) > 1 and all(self.fusable(nests[:m], nests[m]) for m in range(1, len(nests))):
-                self.fused(nests, ser)
-            else:
-                for st in nests:
-                    self.row_local = {}
-                    self.nest([st], ser)
-        self.subst = {}
-        own.rest += [f"if {work} >= PARALLEL_MIN and pool_threads() > 1:  # row blocks in parallel",
-                     par, "else:  # the same, serial: too small a call to wake the threads for", ser]
-        self.parallel = True
-        self.helpers.add("pool_threads")
-        self.products[-2 * len(dots):-len(dots)] = []  # each product once: the serial copy's
-
-    def printed_rows(self, st: Dot):
-        """The number of rows of the product's output as printed (M, or N when stored N x M)."""
-        rest = tuple(st.out_idx[len(st.batch):])
-        rows = st.M if rest[:len(st.M)] == tuple(st.M) else st.N
-        return sp.Mul(*[sp.sympify(self.extent_of(st, v)) for v in rows])
 
     def same_loops(self, group, st):
         """st accumulates over the same loops as the accumulations in group (layernorm's dgamma
@@ -474,7 +222,7 @@ class KernelWriter:
 
     def fused(self, group, root):
         v, lo, hi = group[0].order[0]
-        self.row_loop(root, f"for {self.name_index(v)} in {_range(lo, hi, self.names)}:", v, group)
+        self.row_loop(root, f"for {self.name_index(v)} in {loop_range(lo, hi, self.names)}:", v, group)
 
     def row_loop(self, root, header, v, group):
         """`header` (a loop over the row variable v) printed into root, holding each statement
@@ -531,7 +279,7 @@ class KernelWriter:
                 continue
             inner = Block()
             ext = sp.sympify(self.extent_of(st, v))
-            blk.rest.append(f"for {self.names[v]} in {_range(0, ext - 1, self.names)}:")
+            blk.rest.append(f"for {self.names[v]} in {loop_range(0, ext - 1, self.names)}:")
             blk.rest.append(inner)
             blk = inner
 
@@ -604,7 +352,7 @@ class KernelWriter:
                     blk.rest.append(f"{acc[id(s)]} = F(0)")
                 outer_blk = blk
             inner = Block()
-            blk.rest.append(f"for {self.name_index(v)} in {_range(lo, hi, self.names)}:")
+            blk.rest.append(f"for {self.name_index(v)} in {loop_range(lo, hi, self.names)}:")
             blk.rest.append(inner)
             bound = bound | {v}
             blocks = blocks + [(inner, bound)]
@@ -655,224 +403,8 @@ class KernelWriter:
         return print_value(expr, self.names, self.calls, self.used)
 
     # --- loop-invariant parts ----------------------------------------------------------------
-    def free_idx(self, e):
-        """The loop indices e depends on (through the locals it reads, too)."""
-        out = set()
-        for s in e.free_symbols:
-            if s in self.index_vars:
-                out.add(s)
-            elif s in self.sym_free:
-                out |= self.sym_free[s]
-        return out
-
-    def hoist(self, expr, blocks, protect):
-        """expr with each part that depends only on outer loop indices replaced by a local
-        computed in the block of the loop binding those indices (once per row, not once per
-        element): reads of arrays other than those in `protect` (what the loop writes), and
-        arithmetic on them and on scalars (1/C, rstd[i]**2). Nothing inside a conditional
-        (`_guarded`) moves."""
-        if len(blocks) < 2:
-            return expr
-        inner = len(blocks) - 1
-        chain = [id(b) for b, _ in blocks]
-        bounds = [bound for _, bound in blocks]
-
-        def depth(e):
-            if any(str(ix.base.label) in protect for ix in e.atoms(sp.Indexed)):
-                return inner
-            free = self.free_idx(e)
-            return next(d for d, b in enumerate(bounds) if free <= b)
-
-        def worth(e, index=False):
-            """Worth a line of its own: a read, or arithmetic beyond a sign or a cast (in an
-            index: only what reads an array, targets[n], not i + 1)."""
-            if isinstance(e, sp.Indexed):
-                return True
-            if e.is_Atom or isinstance(e, sp.IndexedBase):
-                return False
-            if index:
-                return bool(e.atoms(sp.Indexed))
-            if isinstance(e, sp.Mul) and len(e.args) == 2 and e.args[0].is_Number and \
-                    e.args[1].is_Atom and not isinstance(e.args[1], sp.Indexed):
-                return False
-            return True
-
-        def lift(e, d, index):
-            """e (depth d < the loop it sits in) as a local of block d."""
-            key = (sp.srepr(e), chain[d], index)  # an int local for a subscript, a float one else
-            if key in self.hoisted:
-                return self.hoisted[key]
-            e2 = visit(e, d, index)
-            if isinstance(e, sp.Indexed) and all(isinstance(i, sp.Symbol) for i in e.indices):
-                stem = "_".join([self.names.get(str(e.base.label), str(e.base.label))] +
-                                [self.names.get(i, str(i)) for i in e.indices])
-            else:
-                stem = "t"
-            sym = sp.Symbol(f"_h{next(self.fresh)}", integer=True) if index else \
-                sp.Symbol(f"_h{next(self.fresh)}", real=True)
-            self.names[sym] = self.ident(stem)
-            self.sym_free[sym] = self.free_idx(e)
-            text = print_index(e2, self.names) if index else self.value(e2)
-            blocks[d][0].pre.append(f"{self.names[sym]} = {text}")
-            self.hoisted[key] = sym
-            return sym
-
-        def visit(e, d, index=False):
-            if (e.is_Atom and not isinstance(e, sp.Indexed)) or isinstance(e, sp.IndexedBase):
-                return e
-            de = depth(e)
-            if de < d and worth(e, index):
-                if isinstance(e, sp.Mul) and e.args[0].is_Number and len(e.args) == 2:
-                    return e.args[0] * lift(e.args[1], de, index)  # -mean[i]: hoist the read
-                return lift(e, de, index)
-            if _guarded(e):
-                return e
-            if isinstance(e, (sp.Add, sp.Mul)):
-                outer = [a for a in e.args if depth(a) < d and not a.is_Number]
-                # the invariant factors (terms) together: one local; when every one is
-                # invariant, e itself was not worth a local (p + K - 1 in an index), and
-                # visiting e again would recurse forever: its arguments are visited below
-                if 1 < len(outer) < len(e.args):
-                    part = e.func(*outer)
-                    rest = [visit(a, d, index) for a in e.args if not any(a is o for o in outer)]
-                    return e.func(visit(part, d, index), *rest)
-            if isinstance(e, sp.Indexed):
-                idx = [visit(i, d, True) for i in e.indices]
-                return e if all(a is b for a, b in zip(idx, e.indices)) else e.base[tuple(idx)]
-            sub_index = index or isinstance(e, (sp.KroneckerDelta, sp.core.relational.Relational))
-            args = [visit(a, d, sub_index) for a in e.args]
-            return e if all(a is b for a, b in zip(args, e.args)) else e.func(*args)
-
-        return visit(expr, inner)
-
-    def place(self, expr, blocks, cache, protect=frozenset()):
-        """Hoist each reduction of expr to the shallowest block where its free indices are bound;
-        returns expr with reductions replaced by their accumulators."""
-        sub = {}
-        chain = [id(b) for b, _ in blocks]
-        for r in reductions(expr):
-            key = sp.srepr(canon_bound(r))
-            hit = cache.get(key)
-            if hit is not None and hit[1] in chain:
-                sub[r] = hit[0]
-                continue
-            free = self.free_idx(r)
-            depth = next(d for d, (_, bound) in enumerate(blocks) if free <= bound)
-            acc = sp.Symbol(f"_acc{next(self.fresh)}")
-            self.names[acc] = self.ident(_stem(r))
-            self.sym_free[acc] = free
-            blk, bound = blocks[depth]
-            code = []
-            lines = Block()
-            inner_blocks = blocks[:depth + 1]
-            cur = lines
-            for v, lo, hi in limits_of(r):
-                self.name_index(v)
-                nb = Block()
-                cur.rest.append(f"for {self.names[v]} in {_range(lo, hi, self.names)}:")
-                cur.rest.append(nb)
-                bound = bound | {v}
-                inner_blocks = inner_blocks + [(nb, bound)]
-                cur = nb
-            body = self.place(body_of(r), inner_blocks, cache, protect)
-            name = self.names[acc]
-            if isinstance(r, MaxOver):
-                code.append(f"{name} = F(-np.inf)")
-                self.assign(inner_blocks, "_m", "=", body, protect)
-                cur.rest[-1] = cur.rest[-1].replace("_m = ", f"{name} = maximum({name}, ", 1) + ")"
-                self.helpers.add("maximum")
-            else:
-                code.append(f"{name} = F(0)")
-                self.assign(inner_blocks, name, "+=", body, protect)
-            blk.pre.extend(code + lines.rest)
-            cache[key] = (acc, id(blk))
-            sub[r] = acc
-        return expr.xreplace(sub) if sub else expr
-
-    # --- threads -----------------------------------------------------------------------------
-    def parallelize(self, group, own):
-        """Print the outermost loop of group as prange, behind a size test, when its
-        iterations are independent: its index leads every element the group writes (so each
-        iteration writes its own), every read of an array the group writes is at that same
-        index (so no iteration reads another's), and no statement writes a scalar or
-        scatters into rows given by data (embedding's ids[n]). A batched run (`batch_run`, which
-        checked the same of its products and loops) runs its products on one thread each."""
-        if self.parallel_min is None or not group:
-            return
-        dots = [st for st in group if isinstance(st, Dot)]
-        if dots:
-            v = dots[0].batch[0]
-        elif not group[0].order:
-            return
-        elif len(group) == 1 and not group[0].expr.has(*REDUCTIONS) and \
-                not _costly_calls(group[0].expr):
-            # one pass of plain arithmetic (a bias add, a copy): bound by
-            # memory, it gained nothing from a second thread (linear's bias add beside its GEMM:
-            # 1.03x slower), and each prange loop adds about 1.5 s to the first compile
-            return
-        else:
-            v = group[0].order[0][0]
-        targets = set() if dots else {st.target for st in group}
-        for st in [] if dots else group:
-            if not st.order or st.order[0][0] != v or not st.write or sp.sympify(st.write[0]) != v:
-                return
-            if any(not isinstance(sp.sympify(i), (sp.Symbol, sp.Integer)) for i in st.write):
-                return  # a write at a computed position (a scatter); a constant one is its own
-            for ix in st.expr.atoms(sp.Indexed):
-                if str(ix.base.label) in targets and (not ix.indices or ix.indices[0] != v):
-                    return
-        head = f"for {self.names[v]} in "
-        at = next((n for n, item in enumerate(own.rest) if isinstance(item, str)
-                   and item.startswith(head)), None)
-        if at is None or not isinstance(own.rest[at + 1], Block):
-            return
-        loop, body = own.rest[at], own.rest[at + 1]
-        work = print_index(self.work(group), self.names)
-        par, ser = Block(), Block()
-        par.rest += [loop.replace(" in range(", " in prange(", 1), body]
-        ser.rest += [loop, body]
-        own.rest[at:at + 2] = [
-            f"if {work} >= PARALLEL_MIN and pool_threads() > 1:  # rows in parallel",
-            par, "else:  # the same loop, serial: too small a call to wake the threads for", ser]
-        self.parallel = True
-        self.helpers.add("pool_threads")
-
-    def work(self, group):
-        """The work of group's loops in element visits, roughly: each loop nest and each
-        reduction counts its iterations (an extent product; a range that depends on an outer
-        index, its largest), times 1 + 4 for each exp, log, tanh, erf... it calls per element
-        (measured: an exp costs about what 4 plain passes over a row do)."""
-        def ext(v):
-            e = self.extents.get(v)
-            return sp.Integer(1) if e is None else sp.sympify(e)
-
-        def largest(e):  # a range that depends on an outer index: at most its whole extent
-            return e.xreplace({s: ext(s) - 1 for s in e.free_symbols if s in self.extents})
-
-        calls = _costly_calls
-
-        total = sp.Integer(0)
-        for st in group:
-            if isinstance(st, Dot):  # a product: its multiply-adds
-                total += sp.Mul(*[ext(v) for v in (*st.batch, *st.M, *st.N, *st.K)])
-                continue
-            loops = [v for v, _, _ in st.order]
-            total += sp.Mul(*[ext(v) for v in loops]) * (1 + 4 * calls(st.expr))
-            for r in st.expr.atoms(*REDUCTIONS):
-                outer = [v for v in loops if v in self.free_idx(r)]
-                lims = [largest(sp.sympify(hi) - lo + 1) for _, lo, hi in limits_of(r)]
-                total += sp.Mul(*[ext(v) for v in outer], *lims) * (1 + 4 * calls(body_of(r)))
-        # a term whose extents divide another's is no larger than it (extents are at least 1):
-        # softmax's 2*N for its row values beside 8*N*n
-        terms = sp.Add.make_args(sp.expand(total))
-        mono = [t.as_coeff_Mul()[1] for t in terms]
-        keep = [t for t, m in zip(terms, mono)
-                if not any(o != m and sp.fraction(sp.cancel(o / m))[1] == 1 for o in mono)]
-        return sp.Add(*keep)
-
-
 def _t(m):
     return m[:-2] if m.endswith(".T") else f"{m}.T"
 
 
-__all__ = ["KernelWriter", "Block", "HELPERS", "helper_imports", "helper_source"]
+__all__ = ["KernelWriter"]

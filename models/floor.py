@@ -54,7 +54,7 @@ _FLOOR = None
 def _floor_kernel():
     """The njit function doing a table's GEMMs back to back (compiled once per process), as the
     kernels run them: with one lane, a "batch" run side by side, one product per thread, and a
-    "rows" product in row blocks, one per thread (compiled/writer.py); with several lanes (the
+    "rows" product in row blocks, one per thread (compiled/parallel.py); with several lanes (the
     shards of a step, models.shards), the lanes side by side, each lane's products one after the
     other on its thread."""
     global _FLOOR

@@ -462,7 +462,7 @@ class Plan:
     def products(self) -> list:
         """The matrix products the step's kernels call, bound to this plan's shapes:
         (label, M, K, N, a transposed, b transposed, calls, mode) per product a called kernel
-        prints, mode as compiled/writer.py records it ("batch": the calls side by side, one thread
+        prints, mode as compiled/parallel.py records it ("batch": the calls side by side, one thread
         each; "rows": in row blocks, one per thread; "": one call), forward then backward."""
         out = []
         for which, calls in (("forward", self.forward), ("backward", self.backward)):
