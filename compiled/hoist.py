@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .block import Block, loop_range
+from .block import Block
 from .nest import canon_bound, reductions
 from .printer import print_index
 from symgrad.derive.functions import Iverson, MaxOver, body_of, limits_of
@@ -155,10 +155,7 @@ class Hoisting:
             inner_blocks = blocks[:depth + 1]
             cur = lines
             for v, lo, hi in limits_of(r):
-                self.name_index(v)
-                nb = Block()
-                cur.rest.append(f"for {self.names[v]} in {loop_range(lo, hi, self.names)}:")
-                cur.rest.append(nb)
+                nb = self.open_loop(cur, v, lo, hi)
                 bound = bound | {v}
                 inner_blocks = inner_blocks + [(nb, bound)]
                 cur = nb

@@ -135,6 +135,13 @@ class ParallelRuns:
         return run
 
     @staticmethod
+    def row_index(st: Dot):
+        """The one index the printed product's output rows run over, or None (rows that are a
+        group of several indices, reshaped)."""
+        rest = tuple(st.out_idx[len(st.batch):])
+        rows = st.M if rest[:len(st.M)] == tuple(st.M) else st.N
+        return rows[0] if len(rows) == 1 else None
+
     def row_blocks(self, run, own):
         """The run twice behind a size test, like `parallelize`: as one prange loop over
         blocks of rows, one block a thread (each product on its block of output rows, then the

@@ -187,13 +187,6 @@ class KernelWriter(ParallelRuns, Hoisting):
                 return False
         return True
 
-    def row_index(st: Dot):
-        """The one index the printed product's output rows run over, or None (rows that are a
-        group of several indices, reshaped)."""
-        rest = tuple(st.out_idx[len(st.batch):])
-        rows = st.M if rest[:len(st.M)] == tuple(st.M) else st.N
-        return rows[0] if len(rows) == 1 else None
-
     def same_loops(self, group, st):
         """st accumulates over the same loops as the accumulations in group (layernorm's dgamma
         and dbeta: `for n, for j`), into another array none of them reads: one loop nest."""
@@ -223,6 +216,12 @@ class KernelWriter(ParallelRuns, Hoisting):
     def fused(self, group, root):
         v, lo, hi = group[0].order[0]
         self.row_loop(root, f"for {self.name_index(v)} in {loop_range(lo, hi, self.names)}:", v, group)
+
+    def open_loop(self, blk, v, lo, hi) -> Block:
+        """`for v in range(lo, hi + 1):` printed into blk; the Block of its body."""
+        inner = Block()
+        blk.rest += [f"for {self.name_index(v)} in {loop_range(lo, hi, self.names)}:", inner]
+        return inner
 
     def row_loop(self, root, header, v, group):
         """`header` (a loop over the row variable v) printed into root, holding each statement
@@ -351,9 +350,7 @@ class KernelWriter(ParallelRuns, Hoisting):
                     acc[id(s)] = self.ident("acc")
                     blk.rest.append(f"{acc[id(s)]} = F(0)")
                 outer_blk = blk
-            inner = Block()
-            blk.rest.append(f"for {self.name_index(v)} in {loop_range(lo, hi, self.names)}:")
-            blk.rest.append(inner)
+            inner = self.open_loop(blk, v, lo, hi)
             bound = bound | {v}
             blocks = blocks + [(inner, bound)]
             blk = inner
