@@ -26,7 +26,10 @@ from symgrad import docs_cmd
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_PAGES = ("softmax", "layernorm", "attention")
-BUILD_LIMIT_S = 120
+# The build compiles every layer's kernels when the cache is cold (the suite's is): 117 s alone
+# and 160 s beside the other test worker on the 2-core VM (2026-12-07), since the kernels' prange
+# row blocks made compiling slower (issue 10's cold start). Warm, the build takes about 35 s.
+BUILD_LIMIT_S = 240
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-quic", "--disable-default-apps", "--disable-extensions"]
@@ -59,7 +62,7 @@ def built(tmp_path_factory) -> Built:
     return built
 
 
-def test_site_builds_strict_with_no_warnings_in_under_two_minutes(built):
+def test_site_builds_strict_with_no_warnings_in_under_four_minutes_on_a_cold_cache(built):
     assert built.proc.returncode == 0, f"mkdocs build --strict failed:\n{built.log[-8000:]}"
     warnings = [line for line in built.log.splitlines() if re.match(r"\s*(WARNING|ERROR)\b", line)]
     assert not warnings, "mkdocs printed warnings:\n" + "\n".join(warnings)
