@@ -1,7 +1,7 @@
 """MkDocs hook (mkdocs.yml: `hooks: [docs/hooks.py]`): generates the per-layer and per-optimizer
 pages from derive/ at build time and installs the local MathJax.
 
-- on_config: build/api/symgrad is the installed namespace as mkdocstrings (griffe) reads it:
+- on loading: build/api/symgrad is the installed namespace as mkdocstrings (griffe) reads it:
   symgrad/'s modules with derive/, compiled/ and models/ linked in as symgrad.derive,
   symgrad.compiled and symgrad.models (pyproject.toml maps them so when installing; griffe reads
   folders, not the install's mapping). mkdocs.yml points mkdocstrings there.
@@ -76,7 +76,7 @@ NEWTON_MARKER = "<!-- symgrad:newton -->"
 API = ROOT / "build" / "api"  # mkdocs.yml: mkdocstrings' `paths`
 
 
-def on_config(config):
+def _api_tree():
     tree = API / "symgrad"
     shutil.rmtree(tree, ignore_errors=True)
     tree.mkdir(parents=True)
@@ -84,7 +84,11 @@ def on_config(config):
         (tree / f.name).symlink_to(f)
     for package in ("derive", "compiled", "models"):
         (tree / package).symlink_to(ROOT / package, target_is_directory=True)
-    return config
+
+
+# Built when MkDocs loads this hook, before any plugin's on_config: mkdocstrings' python handler
+# drops a `paths` entry that does not exist yet (a fresh clone has no build/).
+_api_tree()
 
 
 def on_pre_build(config):
