@@ -165,3 +165,27 @@ def test_unwritable_cache_dir_on_a_cold_start_compiles_in_a_temporary_dir_with_o
     warnings = [line for line in res.stderr.splitlines() if "cannot be written" in line]
     assert len(warnings) == 1 and str(root / "kernels") in warnings[0], res.stderr
     assert not (tmp_path / "ro").exists() or not any((tmp_path / "ro").iterdir())
+
+
+def test_every_module_the_printer_imports_is_hashed_into_the_generator_version():
+    """compiled/version.py hashes the printer's sources into every cache key (`_FILES`, kept by
+    hand); a module the printer imports but the hash leaves out would let an edit to it reuse
+    stale kernels. The runtime modules (loading, calling, caching kernels) print nothing."""
+    import ast
+
+    from symgrad.compiled import version
+
+    here = Path(version.__file__).parent
+    runtime = {"api.py", "blas.py", "cache.py", "threads.py", "version.py"}
+    seen, todo = set(), ["build.py"]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        for node in ast.walk(ast.parse((here / f).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+                todo += [f"{n}.py" for n in names if f"{n}.py" not in runtime and (here / f"{n}.py").is_file()]
+    assert len(seen) > 5, seen  # build.py, writer.py, lower.py and what they import
+    assert seen <= set(version._FILES), f"not hashed into GENERATOR_VERSION: {sorted(seen - set(version._FILES))}"
