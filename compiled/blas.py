@@ -8,7 +8,7 @@ a, b are 2-D float32 or float64 arrays whose rows or columns are contiguous (a C
 transpose `x.T`, a slice of rows, a head's rows q[b, :, h, :] of a (B, T, H, D) array); out's
 rows are contiguous (a C array, or such a slice: its row stride is CBLAS's ldc). The layouts
 are read from the strides at run time (a few integer operations beside a GEMM) and become
-CBLAS's transpose flags and leading dimensions; anything else goes to `np.dot`.
+CBLAS's transpose flags and leading dimensions; an operand with no unit stride is copied into a C array first.
 `SYMGRAD_BLAS=openblas` keeps `np.dot` with MKL installed.
 
 MKL is reached through Numba's `ExternalFunction` on a symbol registered with llvmlite, not a
@@ -114,18 +114,60 @@ def _storage(m):
     return True, 0
 
 
-def _cblas_gemm(a, b, out, alpha, beta):
-    """out = alpha * a @ b + beta * out through MKL; False (nothing done) for what CBLAS cannot
-    take."""
+@njit
+def _c_copy(m):
+    """m copied into a new C array (a plain loop: a few lines to compile for any layout)."""
+    c = np.empty(m.shape, m.dtype)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            c[i, j] = m[i, j]
+    return c
 
 
-@overload(_cblas_gemm)
-def _cblas_gemm_typed(a, b, out, alpha, beta):
-    if _MKL is None or not a.dtype == b.dtype == out.dtype or out.dtype not in _XGEMM:
-        return lambda a, b, out, alpha, beta: False
+def _c_product(a, b, out, alpha):
+    """out = alpha * a @ b for three C arrays, through MKL."""
+
+
+@overload(_c_product)
+def _c_product_typed(a, b, out, alpha):
     xgemm, real = _XGEMM[out.dtype]
 
-    def impl(a, b, out, alpha, beta):
+    def impl(a, b, out, alpha):
+        m, k = a.shape
+        n = b.shape[1]
+        xgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, m, n, k, real(alpha), a.ctypes, max(k, 1),
+              b.ctypes, max(n, 1), real(0), out.ctypes, max(n, 1))
+    return impl
+
+
+@njit
+def _gemm_copied(a, b, out, alpha, beta):
+    """out = alpha * a @ b + beta * out for operands CBLAS cannot take: C copies, one product,
+    the result written back."""
+    m, n = out.shape
+    ac, bc, c = _c_copy(a), _c_copy(b), np.empty((m, n), out.dtype)
+    _c_product(ac, bc, c, alpha)
+    for i in range(m):
+        for j in range(n):
+            out[i, j] = c[i, j] + beta * out[i, j] if beta != 0.0 else c[i, j]
+
+
+def _gemm_into(a, b, out, alpha, beta):
+    """out = alpha * a @ b + beta * out (beta is 0 or 1)."""
+
+
+@overload(_gemm_into)
+def _gemm_into_typed(a, b, out, alpha, beta):
+    if _MKL is None or not a.dtype == b.dtype == out.dtype or out.dtype not in _XGEMM:
+        def through_np_dot(a, b, out, alpha, beta):
+            if beta == 0.0:
+                dot_gemm(a, b, out, alpha)
+            else:
+                dot_gemm_acc(a, b, out, alpha)
+        return through_np_dot
+    xgemm, real = _XGEMM[out.dtype]
+
+    def through_mkl(a, b, out, alpha, beta):
         m, k = a.shape
         n = b.shape[1]
         if b.shape[0] != k or out.shape[0] != m or out.shape[1] != n:
@@ -133,12 +175,15 @@ def _cblas_gemm_typed(a, b, out, alpha, beta):
         a_rows, lda = _storage(a)
         b_rows, ldb = _storage(b)
         o_rows, ldc = _storage(out)
-        if lda == 0 or ldb == 0 or ldc == 0 or not o_rows:
-            return False
-        xgemm(ROW_MAJOR, NO_TRANS if a_rows else TRANS, NO_TRANS if b_rows else TRANS, m, n, k,
-              real(alpha), a.ctypes, lda, b.ctypes, ldb, real(beta), out.ctypes, ldc)
-        return True
-    return impl
+        if lda != 0 and ldb != 0 and ldc != 0 and o_rows:
+            xgemm(ROW_MAJOR, NO_TRANS if a_rows else TRANS, NO_TRANS if b_rows else TRANS,
+                  m, n, k, real(alpha), a.ctypes, lda, b.ctypes, ldb, real(beta), out.ctypes, ldc)
+            return
+        # No unit stride on an axis (x[:, ::2]), or out's rows not contiguous: through C copies.
+        # `[::1, ::1]` erases the layout, so Numba compiles that path once per dtype, not once
+        # per combination of layouts a kernel passes (about 0.3 s each on a cold cache).
+        _gemm_copied(a[::1, ::1], b[::1, ::1], out[::1, ::1], real(alpha), real(beta))
+    return through_mkl
 
 
 def _dot_into(a, b, out):
@@ -157,8 +202,7 @@ def _dot_into_typed(a, b, out):
 
 @njit
 def dot_gemm(a, b, out, alpha=1.0):
-    """gemm through np.dot: without MKL, or for operands CBLAS cannot take (a row block of a
-    transposed operand, x.T[k0:k1], is copied contiguous first)."""
+    """gemm through np.dot (without MKL)."""
     _dot_into(a, b, out)
     if alpha != 1.0:
         out *= alpha
@@ -173,15 +217,13 @@ def dot_gemm_acc(a, b, out, alpha=1.0):
 @njit
 def gemm(a, b, out, alpha=1.0):
     """out = alpha * a @ b (MKL on the calling thread when installed, else np.dot)."""
-    if not _cblas_gemm(a, b, out, alpha, 0.0):
-        dot_gemm(a, b, out, alpha)
+    _gemm_into(a, b, out, alpha, 0.0)
 
 
 @njit
 def gemm_acc(a, b, out, alpha=1.0):
     """out += alpha * a @ b (MKL's beta = 1 when installed, else np.dot into a temporary)."""
-    if not _cblas_gemm(a, b, out, alpha, 1.0):
-        dot_gemm_acc(a, b, out, alpha)
+    _gemm_into(a, b, out, alpha, 1.0)
 
 
 __all__ = ["gemm", "gemm_acc", "dot_gemm", "dot_gemm_acc", "backend", "CACHE_TAG"]

@@ -64,8 +64,17 @@ def test_gemm_takes_row_slices_strided_views_and_batch_slices():
     wide = rng.standard_normal((8, 10)).astype(np.float32)
     blas.gemm(x[0], wide[:, 2:6], out)  # rows padded: leading dimension 10
     close(out, x[0] @ wide[:, 2:6], np.float32)
-    blas.gemm(x[0][:, ::2], w[::2], out)  # no unit stride: np.dot
+    blas.gemm(x[0][:, ::2], w[::2], out)  # no unit stride: copied, then the same product
     close(out, x[0][:, ::2] @ w[::2], np.float32)
+
+
+def test_an_output_whose_rows_are_not_contiguous_is_written_and_accumulated_through_a_copy():
+    a, b = operands(np.float64, False, False)
+    out_t = np.zeros((3, 7))  # out = out_t.T: columns contiguous, which CBLAS cannot write
+    blas.gemm(a, b, out_t.T)
+    close(out_t.T, a @ b, np.float64)
+    blas.gemm_acc(a, b, out_t.T, 2.0)
+    close(out_t.T, 3 * (a @ b), np.float64)
 
 
 @pytest.mark.parametrize("gemm", [blas.gemm, blas.dot_gemm], ids=["gemm", "np.dot fallback"])
@@ -99,7 +108,7 @@ def test_backend_is_named_in_the_cache_tag_and_mkl_runs_on_the_calling_thread():
 
 
 def test_symgrad_blas_openblas_selects_the_np_dot_fallback():
-    code = ("import numpy as np; from compiled import blas; a = np.arange(6.).reshape(2, 3); "
+    code = ("import numpy as np; from symgrad.compiled import blas; a = np.arange(6.).reshape(2, 3); "
             "o = np.empty((2, 2)); blas.gemm(a, a.T, o); assert np.allclose(o, a @ a.T), o; "
             "print(blas.backend())")
     env = dict(os.environ, SYMGRAD_BLAS="openblas")
