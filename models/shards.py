@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from symgrad.compiled import precompile
+
 from .graph import GraphError
 from .threads import ThreadTuner
 
@@ -142,6 +144,10 @@ class ShardedStep:
     def forward(self, /, **inputs) -> float:
         self._ran = False
         parts = self._split(inputs)
+        if not all(s.compiled for s in self.steps):  # every shard's kernels at once, ahead
+            precompile.compile_ahead([c for s in self.steps for c in s.kernel_calls()])
+            for s in self.steps:
+                s.compiled = True
         losses = [0.0] * len(self.steps)
         parallel = self.tuner.choose() > 1
 

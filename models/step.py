@@ -23,7 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from symgrad.compiled import cache
+from numba import typeof
+from numba.core.typing.typeof import Purpose
+
+from symgrad.compiled import cache, precompile
 
 from .graph import GraphError
 from .plan import Plan, ident
@@ -176,7 +179,38 @@ class Step:
             s = plan.slots[plan.value_slot[id(v)]]
             self.results[name] = self._view(s)
         self._ran = False
+        self.compiled = False  # set once its kernels were compiled ahead (compile_ahead)
         self.tuner = ThreadTuner() if tuned else None  # a shard's threads are its ShardedStep's
+
+    def kernel_calls(self) -> list:
+        """Every kernel call the step makes, (dispatcher, argument types), in order: a dry run
+        of the printed forward (and backward) with each kernel replaced by a recorder. Nothing
+        is computed; the gradient buffer is left as it was."""
+        calls, g = [], vars(self.module)
+        real = {name: g[name] for name in self.module.KERNELS}
+        saved = self.grads.copy()
+
+        def recorder(disp):
+            def record(*args):
+                calls.append((disp, tuple(typeof(a, Purpose.argument) for a in args)))
+                return _Zeros()
+            return record
+        try:
+            g.update({name: recorder(d) for name, d in real.items()})
+            self._fwd()
+            if self.plan.train:
+                self._bwd(1.0)
+        finally:
+            g.update(real)
+            self.grads[...] = saved
+        return calls
+
+    def compile_ahead(self):
+        """Compile the kernels not yet in the cache in worker processes before the first call
+        (`compiled.precompile`)."""
+        if not self.compiled:
+            precompile.compile_ahead(self.kernel_calls())
+            self.compiled = True
 
     def _view(self, s):
         buf = {"acts": self.acts, "work": self.work, "params": self.params, "grads": self.grads}.get(s.buffer)
@@ -211,6 +245,7 @@ class Step:
 
     def forward(self, /, **inputs) -> float:  # /: an input may be named self
         self._load(inputs)
+        self.compile_ahead()
         if self.tuner:
             self.tuner.choose()
         t0 = time.perf_counter()
@@ -231,6 +266,13 @@ class Step:
         self._bwd(seed)
         if self.tuner:
             self.tuner.record(self._t + time.perf_counter() - t0)
+
+
+class _Zeros:
+    """What a recorded kernel call returns: zeros for every result it is indexed for."""
+
+    def __getitem__(self, i):
+        return 0.0
 
 
 def _index_bounds(plan) -> dict:

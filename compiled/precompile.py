@@ -1,0 +1,143 @@
+"""Compiling the kernels a printed step is about to call, ahead of its first call, in worker
+processes: one per core.
+
+Numba compiles a kernel on its first call, and one at a time: its compiler holds a lock for the
+whole process. On a cold cache the reference GPT's first training step compiled 12 kernels one
+after another, 20 s on one core while the other idled (measured 2026-12-07 on the 2-vCPU Xeon
+VM). The calls a step makes are known before it runs: a dry run of the printed step (each kernel
+replaced by a recorder, `models.step`) gives every kernel and its argument types. Here the ones
+not yet in Numba's on-disk cache are compiled by worker processes, each compiling its share and
+writing it to the cache (kernels are `njit(cache=True)`); the step's first call then loads them,
+as a warm start does.
+
+Nothing depends on the workers: a kernel a worker did not compile (it failed, or was killed) is
+compiled by the first call as before. `SYMGRAD_COMPILE_JOBS=1` turns the workers off.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from numba.core.dispatcher import Dispatcher
+
+from . import cache
+
+MIN_MISSING = 3  # fewer kernels to compile than this: not worth starting a process for
+
+
+def jobs() -> int:
+    """Worker processes to compile in: SYMGRAD_COMPILE_JOBS, else one per core this process may
+    use (its CPU affinity)."""
+    env = os.environ.get("SYMGRAD_COMPILE_JOBS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"SYMGRAD_COMPILE_JOBS={env!r}: expected a whole number of processes") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def is_cached(disp: Dispatcher, sig: tuple) -> bool:
+    """Whether Numba's on-disk cache holds `disp` compiled for argument types `sig` (read from
+    the function's index file, as Numba's first call reads it)."""
+    if sig in disp.overloads:
+        return True
+    c = getattr(disp, "_cache", None)
+    if c is None or not hasattr(c, "_cache_file"):
+        return False  # not a cached kernel: nothing a worker could hand over
+    try:
+        key = c._index_key(sig, disp.targetctx.codegen())
+        return key in c._cache_file._load_index()
+    except Exception:  # an unreadable index reads as absent, as in SealedCacheFile
+        return False
+
+
+def missing(calls) -> list:
+    """The (dispatcher, argument types) of `calls` that neither this process nor the disk cache
+    holds, each once."""
+    out, seen = [], set()
+    for disp, sig in calls:
+        if (id(disp), sig) not in seen:
+            seen.add((id(disp), sig))
+            if not is_cached(disp, sig):
+                out.append((disp, sig))
+    return out
+
+
+def _task(disp: Dispatcher, sig: tuple) -> tuple:
+    """What a worker needs to compile one kernel: its file, module name, function, types."""
+    mod = sys.modules[disp.py_func.__module__]
+    return (mod.__file__, mod.__name__, disp.py_func.__name__, sig)
+
+
+def _cost(disp: Dispatcher) -> int:
+    """A kernel's compile time, estimated by its source length (attention: the longest)."""
+    code = disp.py_func.__code__
+    return len(code.co_code) + 200  # every compile has a fixed part
+
+
+def _shares(todo: list, n: int) -> list:
+    """todo split into n lists of about equal estimated cost (longest first, each to the
+    lightest list)."""
+    shares = [[] for _ in range(n)]
+    load = [0] * n
+    for disp, sig in sorted(todo, key=lambda ds: -_cost(ds[0])):
+        i = load.index(min(load))
+        shares[i].append(_task(disp, sig))
+        load[i] += _cost(disp)
+    return [s for s in shares if s]
+
+
+def compile_ahead(calls, n: int | None = None) -> dict:
+    """Compile the kernels of `calls` ([(dispatcher, argument types)]) that are not cached, in
+    up to n worker processes (default `jobs()`), then load them into this process. Returns
+    {"missing": kernels not cached before, "workers": processes started, "seconds": wall}."""
+    t0 = time.perf_counter()
+    todo = [(d, s) for d, s in missing(calls) if hasattr(getattr(d, "_cache", None), "_cache_file")]
+    n = jobs() if n is None else n
+    report = {"missing": len(todo), "workers": 0, "seconds": 0.0}
+    if n < 2 or len(todo) < MIN_MISSING:
+        return report
+    shares = _shares(todo, n)
+    print(f"symgrad: compiling {len(todo)} kernels in {len(shares)} processes (once: the cache "
+          f"keeps them)", file=sys.stderr, flush=True)
+    procs = []
+    for share in shares:
+        p = subprocess.Popen([sys.executable, "-m", "symgrad.compiled.precompile"],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+        p.stdin.write(pickle.dumps(share))
+        p.stdin.close()
+        procs.append(p)
+    report["workers"] = len(procs)
+    for p in procs:
+        err = p.stderr.read()
+        if p.wait() != 0:  # the first call compiles what this worker left: say so, go on
+            last = err.decode(errors="replace").strip().splitlines()[-1:] or ["(no message)"]
+            print(f"symgrad: a compile worker failed ({last[0]}); compiling its kernels here",
+                  file=sys.stderr)
+    for disp, sig in todo:  # load what the workers wrote (compiles what they did not)
+        disp.compile(sig)
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+def _worker(stream) -> None:
+    """A worker: compile each (file, module name, function, types) read from `stream`, writing
+    Numba's cache beside the file."""
+    share = pickle.load(stream)
+    for path, name, func, sig in share:
+        mod = cache.import_file(Path(path), name)
+        getattr(mod, func).compile(sig)
+
+
+if __name__ == "__main__":
+    _worker(sys.stdin.buffer)
