@@ -138,3 +138,16 @@ def test_each_optimizer_s_defaults_are_its_update_rule_s_constants():
         consts = {c.name: c.default for c in rules.rule(cls.rule).constants}
         assert cls.defaults == {k: v for k, v in consts.items() if k not in rules.PER_STEP}, name
     assert OPTIMIZERS["adamw"].defaults["wd"] == 0.01 and OPTIMIZERS["adam"].defaults["wd"] == 0.0
+
+
+def test_a_rules_derivation_is_read_from_the_cache_in_the_next_process(tmp_path, monkeypatch):
+    from tests.cache_dir import kernel_cache_at
+    with kernel_cache_at(tmp_path):
+        rules.rule.cache_clear()
+        first = rules.rule("sgd")
+        assert list((tmp_path / "derivations").glob("rule-sgd-*.pickle"))
+        rules.rule.cache_clear()  # as a new process: derive.define must not run again
+        monkeypatch.setattr(rules.derive, "define", lambda *a, **k: pytest.fail("derived again"))
+        again = rules.rule("sgd")
+    rules.rule.cache_clear()
+    assert str(again.grads["p"]) == str(first.grads["p"])
