@@ -51,8 +51,11 @@ class ThreadTuner:
     is ~20 ms slower: every 32 steps, 0.7 ms a step), so the gap between explorations doubles,
     from `explore` calls up to `longest`, while they confirm the best count. It falls back to
     `explore` when an exploration finds another best or a faster call than the best's (the
-    machine became idle: the next call tries again), and the next call explores when a call at
-    the best count takes over `jump` times its estimate (the machine became busy)."""
+    machine became idle: the next call tries again), and the next call explores when two calls
+    in a row at the best count take over `jump` times its estimate (the machine became busy).
+    One slow call is not enough: the first call after a pause (an evaluation, another process's
+    turn in `symgrad bench train`) runs on cold caches, and exploring after each of those cost
+    the bench's rounds 3 ms a step (25.8 ms median against 22.6 steady, 2026-12-07)."""
 
     def __init__(self, explore: int = 32, window: int = 3, longest: int = 512, jump: float = 1.5, apply=None):
         self.explore, self.window, self.longest, self.jump = explore, window, longest, jump
@@ -63,6 +66,7 @@ class ThreadTuner:
         self.gap = explore  # calls between explorations
         self.next = explore  # the call that explores next
         self.exploring = False
+        self.slow = 0  # calls in a row at the best count over `jump` times its estimate
         self.n = most()
 
     @property
@@ -110,8 +114,12 @@ class ThreadTuner:
                 self.gap = min(2 * self.gap, self.longest) if self.best == before else self.explore
                 self.next = self.calls + self.gap
         elif expected is not None and seconds > self.jump * expected and self.n == self.best:
-            self.gap = self.explore
-            self.next = self.calls + 1
+            self.slow += 1
+            if self.slow >= 2:
+                self.gap = self.explore
+                self.next = self.calls + 1
+        else:
+            self.slow = 0
 
     def candidates(self):
         m = most()

@@ -47,3 +47,20 @@ def test_tuner_explores_less_while_the_best_count_holds(monkeypatch):
     assert 5 <= seen[100:2000].count(2) <= 25  # 8, 16, 32, 64, then every 128 calls
     assert seen[2000 + 130:].count(2) > 0.95 * len(seen[2130:])  # found within `longest` calls
     assert t.best == 2
+
+
+def test_one_slow_call_is_not_a_busy_machine_but_two_in_a_row_are(monkeypatch):
+    """The first call after a pause runs on cold caches: no exploration for it alone."""
+    monkeypatch.setattr(threads, "use", lambda n: None)
+    monkeypatch.setattr(threads, "most", lambda: 2)
+    t = ThreadTuner(explore=1000, longest=1000)
+    cost = {2: 0.010, 1: 0.018}
+    seen = []
+    for step in range(400):
+        slow = step % 10 == 0 and step >= 100  # a cold first call in each round of 10
+        busy = 300 <= step < 303  # then three slow calls in a row
+        n = t.choose()
+        seen.append(n)
+        t.record(cost[n] * (2.0 if (slow or busy) and n == 2 else 1.0))
+    assert seen[100:300].count(1) == 0  # never explored after a single slow call
+    assert 1 in seen[300:305]  # explored right after the second slow call
