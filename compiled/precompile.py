@@ -26,23 +26,22 @@ from pathlib import Path
 from numba.core.dispatcher import Dispatcher
 
 from . import cache
+from .threads import cores
 
 MIN_MISSING = 3  # fewer kernels to compile than this: not worth starting a process for
+MOST_WORKERS = 8  # past a few, each worker's start (~1 s) and shared callees outweigh its share
 
 
 def jobs() -> int:
     """Worker processes to compile in: SYMGRAD_COMPILE_JOBS, else one per core this process may
-    use (its CPU affinity)."""
+    use (its CPU affinity), at most MOST_WORKERS."""
     env = os.environ.get("SYMGRAD_COMPILE_JOBS", "").strip()
     if env:
         try:
             return max(1, int(env))
         except ValueError:
             raise ValueError(f"SYMGRAD_COMPILE_JOBS={env!r}: expected a whole number of processes") from None
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    return min(cores(), MOST_WORKERS)
 
 
 def is_cached(disp: Dispatcher, sig: tuple) -> bool:

@@ -9,6 +9,7 @@ OpenBLAS spins against the other load: multi-head attention's backward, ~400 sma
 from __future__ import annotations
 
 import ctypes
+import os
 
 _SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
 
@@ -41,6 +42,14 @@ def set_blas_threads(n: int) -> int:
     return done
 
 
+def cores() -> int:
+    """Cores this process may use (its CPU affinity: `mpirun` binds a rank to one), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
 def set_threads(n: int) -> int:
     """Use n threads everywhere the kernels can: Numba's parallel loops (this thread's count,
     capped at NUMBA_NUM_THREADS), which also run the row blocks of MKL's products (MKL itself is
@@ -54,4 +63,4 @@ def set_threads(n: int) -> int:
     return n
 
 
-__all__ = ["set_blas_threads", "set_threads"]
+__all__ = ["cores", "set_blas_threads", "set_threads"]

@@ -12,18 +12,14 @@ followed within a few steps and one that becomes idle again within a few hundred
 
 from __future__ import annotations
 
-import os
-
 _current = [None]  # the count last set in this process (setting it costs a few library calls)
 _most = [None]  # the cap set by set_most (None: every core this process may use)
 
 
 def available() -> int:
-    """Cores this process may use (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    """Cores this process may use (compiled.threads.cores)."""
+    from symgrad.compiled.threads import cores
+    return cores()
 
 
 def set_most(n: int | None):
