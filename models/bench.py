@@ -107,7 +107,10 @@ def symgrad_calls(cfg_dict, batch, threads, profile_steps):
     t0 = time.perf_counter()
     step()  # loads (or compiles) the kernels
     first = time.perf_counter() - t0
-    step()
+    for _ in range(20):  # its warm-up, as torch.compile's: the first calls try each thread count
+        step()
+        if model._last.tuner.settled:
+            break
 
     def info():
         tuner = model._last.tuner  # the training step's own choice of threads

@@ -71,6 +71,11 @@ class ThreadTuner:
         return {n: sorted(s)[len(s) // 2] for n, s in self.samples.items() if s}
 
     @property
+    def settled(self) -> bool:
+        """Every count measured `window` times: past the first calls, which alternate counts."""
+        return all(len(self.samples.get(n, ())) >= self.window for n in self.candidates())
+
+    @property
     def best(self) -> int:
         """The count with the lowest estimate (the one that runs between explorations)."""
         est = self.time
