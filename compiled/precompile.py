@@ -109,20 +109,26 @@ def compile_ahead(calls, n: int | None = None) -> dict:
     print(f"symgrad: compiling {len(todo)} kernels in {len(shares)} processes (once: the cache "
           f"keeps them)", file=sys.stderr, flush=True)
     procs = []
-    for share in shares:
-        p = subprocess.Popen([sys.executable, "-m", "symgrad.compiled.precompile"],
-                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
-        p.stdin.write(pickle.dumps(share))
-        p.stdin.close()
-        procs.append(p)
-    report["workers"] = len(procs)
-    for p in procs:
-        err = p.stderr.read()
-        if p.wait() != 0:  # the first call compiles what this worker left: say so, go on
-            last = err.decode(errors="replace").strip().splitlines()[-1:] or ["(no message)"]
-            print(f"symgrad: a compile worker failed ({last[0]}); compiling its kernels here",
-                  file=sys.stderr)
+    try:
+        for share in shares:
+            p = subprocess.Popen([sys.executable, "-m", "symgrad.compiled.precompile"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+            procs.append(p)
+            p.stdin.write(pickle.dumps(share))
+            p.stdin.close()
+        report["workers"] = len(procs)
+        for p in procs:
+            err = p.stderr.read()
+            if p.wait() != 0:  # the first call compiles what this worker left: say so, go on
+                last = err.decode(errors="replace").strip().splitlines()[-1:] or ["(no message)"]
+                print(f"symgrad: a compile worker failed ({last[0]}); compiling its kernels here",
+                      file=sys.stderr)
+    finally:  # interrupted (Ctrl-C): no worker outlives this process
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     for disp, sig in todo:  # load what the workers wrote (compiles what they did not)
         disp.compile(sig)
     report["seconds"] = time.perf_counter() - t0

@@ -89,3 +89,27 @@ def test_compile_jobs_must_be_a_whole_number(monkeypatch):
         precompile.jobs()
     monkeypatch.setenv("SYMGRAD_COMPILE_JOBS", "3")
     assert precompile.jobs() == 3
+
+
+def test_an_interrupted_compile_leaves_no_worker_running(tmp_path, monkeypatch):
+    import subprocess as sp
+
+    from numba import types
+
+    from symgrad.compiled import cache
+    src = tmp_path / "kernel_slow.py"
+    src.write_text("from numba import njit\n\n@njit(cache=True)\ndef k(x):\n    return x + 1\n")
+    k = cache.import_file(src, "symgrad_test_kernels.kernel_slow").k
+    src.write_text("import time\ntime.sleep(120)\n")  # what the workers import: hangs
+    started, real = [], sp.Popen
+
+    def popen(*a, **kw):
+        if started:  # the second worker cannot start (as Ctrl-C there would stop this)
+            raise KeyboardInterrupt
+        started.append(real(*a, **kw))
+        return started[-1]
+    monkeypatch.setattr(precompile.subprocess, "Popen", popen)
+    sigs = [(types.float64,), (types.int64,), (types.float32,)]
+    with pytest.raises(KeyboardInterrupt):
+        precompile.compile_ahead([(k, s) for s in sigs], n=2)
+    assert started and started[0].poll() is not None  # the first worker was stopped
