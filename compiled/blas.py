@@ -8,7 +8,8 @@ a, b are 2-D float32 or float64 arrays whose rows or columns are contiguous (a C
 transpose `x.T`, a slice of rows, a head's rows q[b, :, h, :] of a (B, T, H, D) array); out's
 rows are contiguous (a C array, or such a slice: its row stride is CBLAS's ldc). The layouts
 are read from the strides at run time (a few integer operations beside a GEMM) and become
-CBLAS's transpose flags and leading dimensions; an operand with no unit stride is copied into a C array first.
+CBLAS's transpose flags and leading dimensions; an operand with no unit stride, or an out
+whose rows are not contiguous (`y.T`), goes through C copies.
 `SYMGRAD_BLAS=openblas` keeps `np.dot` with MKL installed.
 
 MKL is reached through Numba's `ExternalFunction` on a symbol registered with llvmlite, not a

@@ -7,11 +7,16 @@ after another, 20 s on one core while the other idled (measured 2026-12-07 on th
 VM). The calls a step makes are known before it runs: a dry run of the printed step (each kernel
 replaced by a recorder, `models.step`) gives every kernel and its argument types. Here the ones
 not yet in Numba's on-disk cache are compiled by worker processes, each compiling its share and
-writing it to the cache (kernels are `njit(cache=True)`); the step's first call then loads them,
-as a warm start does.
+writing it to the cache (kernels are `njit(cache=True)`); this process then loads them, as a warm
+start does.
 
-Nothing depends on the workers: a kernel a worker did not compile (it failed, or was killed) is
-compiled by the first call as before. `SYMGRAD_COMPILE_JOBS=1` turns the workers off.
+All the signatures of one kernel go to one worker: Numba's cache file of a function is an index
+plus numbered data files, and two processes saving into it at once could both take the same
+data file, leaving an index entry that points at the other signature's machine code.
+
+Nothing depends on the workers: a kernel a worker did not compile (it failed, was killed, could
+not start, or found another build of symgrad than this process's) is compiled here afterwards,
+with one `symgrad:` line. `SYMGRAD_COMPILE_JOBS=1` turns the workers off.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ MOST_WORKERS = 8  # past a few, each worker's start (~1 s) and shared callees ou
 
 def jobs() -> int:
     """Worker processes to compile in: SYMGRAD_COMPILE_JOBS, else one per core this process may
-    use (its CPU affinity), at most MOST_WORKERS."""
+    use (its CPU affinity), at most MOST_WORKERS; 1 means none."""
     env = os.environ.get("SYMGRAD_COMPILE_JOBS", "").strip()
     if env:
         try:
@@ -61,9 +66,11 @@ def is_cached(disp: Dispatcher, sig: tuple) -> bool:
 
 def missing(calls) -> list:
     """The (dispatcher, argument types) of `calls` that neither this process nor the disk cache
-    holds, each once."""
+    holds, each once (only cached Numba kernels: a profiler's timing wrapper is passed over)."""
     out, seen = [], set()
     for disp, sig in calls:
+        if not isinstance(disp, Dispatcher) or not hasattr(disp._cache, "_cache_file"):
+            continue
         if (id(disp), sig) not in seen:
             seen.add((id(disp), sig))
             if not is_cached(disp, sig):
@@ -71,28 +78,55 @@ def missing(calls) -> list:
     return out
 
 
-def _task(disp: Dispatcher, sig: tuple) -> tuple:
-    """What a worker needs to compile one kernel: its file, module name, function, types."""
+def _task(disp: Dispatcher, sigs: list) -> tuple:
+    """What a worker needs to compile one kernel: its file, module name, function, the argument
+    types of each signature."""
     mod = sys.modules[disp.py_func.__module__]
-    return (mod.__file__, mod.__name__, disp.py_func.__name__, sig)
+    return (mod.__file__, mod.__name__, disp.py_func.__name__, sigs)
 
 
 def _cost(disp: Dispatcher) -> int:
-    """A kernel's compile time, estimated by its source length (attention: the longest)."""
-    code = disp.py_func.__code__
-    return len(code.co_code) + 200  # every compile has a fixed part
+    """A kernel's compile time, estimated by its bytecode's length (attention: the longest)."""
+    return len(disp.py_func.__code__.co_code) + 200  # every compile has a fixed part
 
 
 def _shares(todo: list, n: int) -> list:
-    """todo split into n lists of about equal estimated cost (longest first, each to the
-    lightest list)."""
+    """todo split into at most n lists of about equal estimated cost, every signature of a kernel
+    in the same list (the module docstring says why); longest first, each to the lightest list."""
+    kernels: dict = {}
+    for disp, sig in todo:
+        kernels.setdefault(id(disp), (disp, []))[1].append(sig)
     shares = [[] for _ in range(n)]
     load = [0] * n
-    for disp, sig in sorted(todo, key=lambda ds: -_cost(ds[0])):
+    for disp, sigs in sorted(kernels.values(), key=lambda ks: -_cost(ks[0]) * len(ks[1])):
         i = load.index(min(load))
-        shares[i].append(_task(disp, sig))
-        load[i] += _cost(disp)
+        shares[i].append(_task(disp, sigs))
+        load[i] += _cost(disp) * len(sigs)
     return [s for s in shares if s]
+
+
+def _build() -> tuple:
+    """What makes a worker's kernels this process's: the symgrad it imports (a worker started as
+    `python -m` finds the installed one) and the GEMM backend of compiled.blas."""
+    from . import blas
+    return (str(Path(blas.__file__).resolve()), blas.CACHE_TAG)
+
+
+def _start(share: list):
+    """A worker process given its share, or None (and one line said) if it could not start."""
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "symgrad.compiled.precompile"],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError as e:
+        print(f"symgrad: a compile worker could not start ({e}); compiling its kernels here",
+              file=sys.stderr)
+        return None
+    try:
+        p.stdin.write(pickle.dumps((_build(), share)))
+        p.stdin.close()
+    except OSError:  # it died before reading its share: its exit status says why, below
+        pass
+    return p
 
 
 def compile_ahead(calls, n: int | None = None) -> dict:
@@ -100,7 +134,7 @@ def compile_ahead(calls, n: int | None = None) -> dict:
     up to n worker processes (default `jobs()`), then load them into this process. Returns
     {"missing": kernels not cached before, "workers": processes started, "seconds": wall}."""
     t0 = time.perf_counter()
-    todo = [(d, s) for d, s in missing(calls) if hasattr(getattr(d, "_cache", None), "_cache_file")]
+    todo = missing(calls)
     n = jobs() if n is None else n
     report = {"missing": len(todo), "workers": 0, "seconds": 0.0}
     if n < 2 or len(todo) < MIN_MISSING:
@@ -111,16 +145,13 @@ def compile_ahead(calls, n: int | None = None) -> dict:
     procs = []
     try:
         for share in shares:
-            p = subprocess.Popen([sys.executable, "-m", "symgrad.compiled.precompile"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE)
-            procs.append(p)
-            p.stdin.write(pickle.dumps(share))
-            p.stdin.close()
+            p = _start(share)
+            if p is not None:
+                procs.append(p)
         report["workers"] = len(procs)
         for p in procs:
             err = p.stderr.read()
-            if p.wait() != 0:  # the first call compiles what this worker left: say so, go on
+            if p.wait() != 0:  # what this worker left is compiled below: say so, go on
                 last = err.decode(errors="replace").strip().splitlines()[-1:] or ["(no message)"]
                 print(f"symgrad: a compile worker failed ({last[0]}); compiling its kernels here",
                       file=sys.stderr)
@@ -135,14 +166,27 @@ def compile_ahead(calls, n: int | None = None) -> dict:
     return report
 
 
-def _worker(stream) -> None:
-    """A worker: compile each (file, module name, function, types) read from `stream`, writing
-    Numba's cache beside the file."""
-    share = pickle.load(stream)
-    for path, name, func, sig in share:
-        mod = cache.import_file(Path(path), name)
-        getattr(mod, func).compile(sig)
+def _worker(stream) -> int:
+    """A worker: compile each (file, module name, function, signatures) read from `stream`,
+    writing Numba's cache beside the file; nothing if its symgrad build is not the parent's.
+    Exits 1 naming the first failure, after trying every kernel."""
+    build, share = pickle.load(stream)
+    if _build() != build:
+        print(f"this worker imports symgrad from {_build()[0]} ({_build()[1]}), its parent from "
+              f"{build[0]} ({build[1]})", file=sys.stderr)
+        return 1
+    failed = []
+    for path, name, func, sigs in share:
+        try:
+            kernel = getattr(cache.import_file(Path(path), name), func)
+            for sig in sigs:
+                kernel.compile(sig)
+        except Exception as e:  # the others still compile; the parent compiles this one
+            failed.append(f"{func}: {type(e).__name__}: {e}".splitlines()[0])
+    if failed:
+        print(f"{len(failed)} of {len(share)} kernels failed, the first {failed[0]}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    _worker(sys.stdin.buffer)
+    sys.exit(_worker(sys.stdin.buffer))

@@ -145,7 +145,8 @@ class ShardedStep:
         self._ran = False
         parts = self._split(inputs)
         if not all(s.compiled for s in self.steps):  # every shard's kernels at once, ahead
-            precompile.compile_ahead([c for s in self.steps for c in s.kernel_calls()])
+            if precompile.jobs() > 1:
+                precompile.compile_ahead([c for s in self.steps for c in s.kernel_calls()])
             for s in self.steps:
                 s.compiled = True
         losses = [0.0] * len(self.steps)

@@ -185,7 +185,9 @@ class Step:
     def kernel_calls(self) -> list:
         """Every kernel call the step makes, (dispatcher, argument types), in order: a dry run
         of the printed forward (and backward) with each kernel replaced by a recorder. Nothing
-        is computed; the gradient buffer is left as it was."""
+        is computed; the gradient buffer is left as it was, the activations and work space are
+        not (the results of an earlier forward are gone: a backward needs a forward first)."""
+        self._ran = False
         calls, g = [], vars(self.module)
         real = {name: g[name] for name in self.module.KERNELS}
         saved = self.grads.copy()
@@ -207,10 +209,10 @@ class Step:
 
     def compile_ahead(self):
         """Compile the kernels not yet in the cache in worker processes before the first call
-        (`compiled.precompile`)."""
-        if not self.compiled:
+        (`compiled.precompile`; nothing, not even the dry run, without workers)."""
+        if not self.compiled and precompile.jobs() > 1:
             precompile.compile_ahead(self.kernel_calls())
-            self.compiled = True
+        self.compiled = True
 
     def _view(self, s):
         buf = {"acts": self.acts, "work": self.work, "params": self.params, "grads": self.grads}.get(s.buffer)

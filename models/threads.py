@@ -117,8 +117,7 @@ class ThreadTuner:
         elif expected is not None and seconds > self.jump * expected and self.n == self.best:
             self.slow += 1
             if self.slow >= 2:
-                self.gap = self.explore
-                self.next = self.calls + 1
+                self.gap, self.next, self.slow = self.explore, self.calls + 1, 0
         else:
             self.slow = 0
 

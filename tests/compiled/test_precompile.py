@@ -24,18 +24,24 @@ SCRIPT = textwrap.dedent("""
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 11, (4, 8)), rng.integers(0, 11, (4, 8))
     step = m.step_for((4, 8), loss=True)
+    for s in step.steps:  # gradients a dry run must leave as they are
+        s.grads[...] = rng.standard_normal(s.grads.shape)
+    before = [s.grads.copy() for s in step.steps]
     calls = [c for s in step.steps for c in s.kernel_calls()]
-    before = m.store.grad.copy()
+    left = all((s.grads == b).all() for s, b in zip(step.steps, before))
     reports = []
     real = precompile.compile_ahead
     precompile.compile_ahead = lambda calls, n=None: reports.append(real(calls, n)) or reports[-1]
     logits, loss = m(x, y)
     m.backward()
+    kernels = {id(d): d for d, _ in calls}
     print(json.dumps({
-        "dry_run_left_grads": bool((before == 0).all()),
+        "dry_run_left_grads": bool(left),
         "kernels": len({(id(d), s) for d, s in calls}),
-        "predicted": all(s in d.overloads for d, s in calls),
-        "report": reports[0],
+        "exact": {(id(d), s) for d, s in calls} == {(k, s) for k, d in kernels.items() for s in d.overloads},
+        "cache_hits": sum(sum(d.stats.cache_hits.values()) for d in kernels.values()),
+        "cache_misses": sum(sum(d.stats.cache_misses.values()) for d in kernels.values()),
+        "report": reports[0] if reports else None,
         "loss": float(loss),
     }))
 """)
@@ -46,41 +52,77 @@ def _run(tmp_path, jobs):
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                          timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "compile worker" not in run.stderr, run.stderr[-3000:]  # none failed, none refused
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_the_dry_run_names_exactly_what_the_first_call_compiles_and_leaves_the_gradients(tmp_path):
+    got = _run(tmp_path, 1)  # no workers: the first call compiles, as without compile_ahead
+    assert got["dry_run_left_grads"]
+    assert got["exact"], "the dry run's kernels and argument types differ from what was compiled"
+    assert got["kernels"] >= 8  # embedding, residual, layernorm, linear, attention, gelu, ce fwd/bwd
+    assert got["report"] is None and got["cache_misses"] == got["kernels"]
 
 
 def test_workers_compile_what_the_first_step_calls_and_a_second_process_finds_it_all_cached(tmp_path):
     cold = _run(tmp_path, 2)
-    assert cold["predicted"], "the dry run named a kernel or argument types the step did not call"
-    assert cold["dry_run_left_grads"]
-    assert cold["kernels"] >= 8  # embedding, residual, layernorm, linear, attention, gelu, ce fwd/bwd
-    assert cold["report"]["missing"] == cold["kernels"]
-    assert cold["report"]["workers"] == 2
+    assert cold["report"]["missing"] == cold["kernels"] and cold["report"]["workers"] == 2
+    assert cold["cache_misses"] == 0 and cold["cache_hits"] == cold["kernels"]  # loaded, not compiled
+    assert cold["exact"]
     warm = _run(tmp_path, 2)
     assert warm["report"] == {"missing": 0, "workers": 0, "seconds": 0.0}
+    assert warm["cache_misses"] == 0 and warm["cache_hits"] == warm["kernels"]
     assert warm["loss"] == cold["loss"]
 
 
-def test_one_job_compiles_in_the_first_call_as_before(tmp_path):
-    got = _run(tmp_path, 1)
-    assert got["predicted"]
-    assert got["report"]["workers"] == 0 and got["report"]["missing"] == got["kernels"]
+TWO_KERNELS = "from numba import njit\n\n@njit(cache=True)\ndef k(x):\n    return x + 1\n\n" \
+              "@njit(cache=True)\ndef h(x):\n    return x * 2\n"
 
 
-def test_a_failed_worker_leaves_the_compiling_to_the_first_call(tmp_path, capsys):
+def _two_kernels(tmp_path, stem):
+    """Two cached kernels, k (two signatures) and h (one): two workers' shares, since the
+    signatures of one kernel go to one worker."""
     from numba import types
 
     from symgrad.compiled import cache
-    src = tmp_path / "kernel_k.py"
-    src.write_text("from numba import njit\n\n@njit(cache=True)\ndef k(x):\n    return x + 1\n")
-    k = cache.import_file(src, "symgrad_test_kernels.kernel_k").k
+    src = tmp_path / f"{stem}.py"
+    src.write_text(TWO_KERNELS)
+    mod = cache.import_file(src, f"symgrad_test_kernels.{stem}")
+    calls = [(mod.k, (types.float64,)), (mod.k, (types.int64,)), (mod.h, (types.float64,))]
+    return src, mod, calls
+
+
+def test_one_kernels_signatures_go_to_one_worker():
+    """Numba's cache file of a function takes one writer at a time (module docstring)."""
+    from numba import types
+
+    from symgrad.compiled import blas
+    todo = [(blas._c_copy, (types.float64,)), (blas._storage, (types.int64,)), (blas._c_copy, (types.float32,))]
+    shares = precompile._shares(todo, 2)
+    assert len(shares) == 2
+    assert sorted(len(task[3]) for share in shares for task in share) == [1, 2]
+
+
+def test_a_failed_worker_leaves_the_compiling_to_this_process(tmp_path, capsys):
+    src, mod, calls = _two_kernels(tmp_path, "kernel_gone")
     src.unlink()  # the workers cannot import it: each fails
-    sigs = [(types.float64,), (types.int64,), (types.float32,)]
-    report = precompile.compile_ahead([(k, s) for s in sigs], n=2)
+    report = precompile.compile_ahead(calls, n=2)
     assert report["missing"] == 3 and report["workers"] == 2
-    assert capsys.readouterr().err.count("a compile worker failed") == 2
-    assert all(s in k.overloads for s in sigs)  # compiled here instead
-    assert k(1.5) == 2.5
+    err = capsys.readouterr().err
+    assert err.count("a compile worker failed") == 2 and "FileNotFoundError" in err
+    assert all(s in d.overloads for d, s in calls)  # compiled here instead
+    assert mod.k(1.5) == 2.5 and mod.h(1.5) == 3.0
+
+
+def test_a_worker_importing_another_symgrad_build_compiles_nothing(tmp_path, capsys, monkeypatch):
+    _, mod, calls = _two_kernels(tmp_path, "kernel_other")
+    monkeypatch.setattr(precompile, "_build", lambda: ("/elsewhere/blas.py", "openblas.0"))
+    report = precompile.compile_ahead(calls, n=2)  # the parent's build is not the workers'
+    assert report["workers"] == 2
+    err = capsys.readouterr().err
+    assert err.count("a compile worker failed") == 2 and "its parent from /elsewhere/blas.py" in err
+    for kernel in (mod.k, mod.h):  # nothing came from a worker: this process compiled them
+        assert sum(kernel.stats.cache_hits.values()) == 0 and sum(kernel.stats.cache_misses.values()) >= 1
 
 
 def test_compile_jobs_must_be_a_whole_number(monkeypatch):
@@ -94,12 +136,7 @@ def test_compile_jobs_must_be_a_whole_number(monkeypatch):
 def test_an_interrupted_compile_leaves_no_worker_running(tmp_path, monkeypatch):
     import subprocess as sp
 
-    from numba import types
-
-    from symgrad.compiled import cache
-    src = tmp_path / "kernel_slow.py"
-    src.write_text("from numba import njit\n\n@njit(cache=True)\ndef k(x):\n    return x + 1\n")
-    k = cache.import_file(src, "symgrad_test_kernels.kernel_slow").k
+    src, mod, calls = _two_kernels(tmp_path, "kernel_slow")
     src.write_text("import time\ntime.sleep(120)\n")  # what the workers import: hangs
     started, real = [], sp.Popen
 
@@ -109,7 +146,6 @@ def test_an_interrupted_compile_leaves_no_worker_running(tmp_path, monkeypatch):
         started.append(real(*a, **kw))
         return started[-1]
     monkeypatch.setattr(precompile.subprocess, "Popen", popen)
-    sigs = [(types.float64,), (types.int64,), (types.float32,)]
     with pytest.raises(KeyboardInterrupt):
-        precompile.compile_ahead([(k, s) for s in sigs], n=2)
+        precompile.compile_ahead(calls, n=2)
     assert started and started[0].poll() is not None  # the first worker was stopped
