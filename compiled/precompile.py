@@ -140,8 +140,9 @@ def compile_ahead(calls, n: int | None = None) -> dict:
     if n < 2 or len(todo) < MIN_MISSING:
         return report
     shares = _shares(todo, n)
-    print(f"symgrad: compiling {len(todo)} kernels in {len(shares)} processes (once: the cache "
-          f"keeps them)", file=sys.stderr, flush=True)
+    below_a_bar = "\n" if sys.stderr.isatty() else ""  # a progress bar may hold the terminal's line
+    print(f"{below_a_bar}symgrad: compiling {len(todo)} kernels in {len(shares)} processes (once: "
+          f"the cache keeps them)", file=sys.stderr, flush=True)
     procs = []
     try:
         for share in shares:
