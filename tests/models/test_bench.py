@@ -139,30 +139,30 @@ def test_load_processes_start_and_are_killed():
 
 
 @needs_torch
-def test_bench_json_shape(capsys, keep_threads):
-    assert bench.main(_args(load=1), cfg=_tiny(), batch=2) == 0
+def test_bench_json_shape_and_its_text(capsys, keep_threads):
+    """One run (two peers, a busy process, the profile): its JSON, then the same result as text."""
+    assert bench.main(_args(load=1, profile=True, peer=("eager", "fused")), cfg=_tiny(), batch=2) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["load"] == 1 and len(bench.LAST_LOAD) == 1 and bench.LAST_LOAD[0].poll() is not None
-    assert list(res["peers"]) == ["eager"]
+    assert list(res["peers"]) == ["eager", "fused"]
+    for name, peer in res["peers"].items():
+        for k in ("ms_per_step", "speedup", "speedup_min", "speedup_max", "tokens_per_s", "mfu"):
+            assert isinstance(peer[k], float) and peer[k] > 0, (name, k)
+        assert peer["speedup_min"] <= peer["speedup"] <= peer["speedup_max"]
+        assert peer["peak_mem_mib"] > 0  # each side's own process
     eager = res["peers"]["eager"]
-    for k in ("ms_per_step", "speedup", "speedup_min", "speedup_max", "tokens_per_s", "mfu"):
-        assert isinstance(eager[k], float) and eager[k] > 0, k
-    assert eager["speedup_min"] <= eager["speedup"] <= eager["speedup_max"]
     for k in ("floor_ms", "symgrad_ms_per_step", "symgrad_mfu", "floor_mfu", "sgemm_peak_gflops",
               "matmul_gflop_per_step", "symgrad_over_floor"):
         assert res[k] > 0, k
     assert res["speedup"] == eager["speedup"] and res["torch_ms_per_step"] == eager["ms_per_step"]
     assert res["config"]["n_embd"] == 32 and not res["reference_config"]
-    assert res["symgrad_peak_mem_mib"] > 0 and eager["peak_mem_mib"] > 0  # each side's own process
-
-
-@needs_torch
-def test_bench_text(capsys, keep_threads):
-    assert bench.main(_args(json=False, profile=True, peer=("eager", "fused")), cfg=_tiny(), batch=2) == 0
+    assert res["symgrad_peak_mem_mib"] > 0 and res["profile_ms_per_step"]
+    bench._report(_args(json=False), res)
     out = capsys.readouterr().out
     for s in ("symgrad ", "torch eager", "torch fused", "GEMM floor", "symgrad/floor",
-              "MFU counts matmul FLOPs only", "speedup"):
+              "MFU counts matmul FLOPs only", "speedup", "load: 1 busy processes"):
         assert s in out, s
+    assert any(label in out for label in res["profile_ms_per_step"])  # the profile's lines
 
 
 def test_a_side_runs_in_its_own_process_and_its_errors_come_back():
