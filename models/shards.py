@@ -32,9 +32,8 @@ import time
 
 import numpy as np
 
-from symgrad.compiled import precompile
-
 from .graph import GraphError
+from .step import compile_ahead
 from .threads import ThreadTuner
 
 
@@ -144,11 +143,7 @@ class ShardedStep:
     def forward(self, /, **inputs) -> float:
         self._ran = False
         parts = self._split(inputs)
-        if not all(s.compiled for s in self.steps):  # every shard's kernels at once, ahead
-            if precompile.jobs() > 1:
-                precompile.compile_ahead([c for s in self.steps for c in s.kernel_calls()])
-            for s in self.steps:
-                s.compiled = True
+        compile_ahead(self.steps)  # every shard's kernels at once, before the first call
         losses = [0.0] * len(self.steps)
         parallel = self.tuner.choose() > 1
 

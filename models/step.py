@@ -179,7 +179,7 @@ class Step:
             s = plan.slots[plan.value_slot[id(v)]]
             self.results[name] = self._view(s)
         self._ran = False
-        self.compiled = False  # set once its kernels were compiled ahead (compile_ahead)
+        self.compiled = False  # set once its kernels were compiled ahead (compile_ahead below)
         self.tuner = ThreadTuner() if tuned else None  # a shard's threads are its ShardedStep's
 
     def kernel_calls(self) -> list:
@@ -206,13 +206,6 @@ class Step:
             g.update(real)
             self.grads[...] = saved
         return calls
-
-    def compile_ahead(self):
-        """Compile the kernels not yet in the cache in worker processes before the first call
-        (`compiled.precompile`; nothing, not even the dry run, without workers)."""
-        if not self.compiled and precompile.jobs() > 1:
-            precompile.compile_ahead(self.kernel_calls())
-        self.compiled = True
 
     def _view(self, s):
         buf = {"acts": self.acts, "work": self.work, "params": self.params, "grads": self.grads}.get(s.buffer)
@@ -247,7 +240,8 @@ class Step:
 
     def forward(self, /, **inputs) -> float:  # /: an input may be named self
         self._load(inputs)
-        self.compile_ahead()
+        if not self.compiled:
+            compile_ahead([self])
         if self.tuner:
             self.tuner.choose()
         t0 = time.perf_counter()
@@ -268,6 +262,17 @@ class Step:
         self._bwd(seed)
         if self.tuner:
             self.tuner.record(self._t + time.perf_counter() - t0)
+
+
+def compile_ahead(steps) -> None:
+    """Compile the kernels of `steps` not yet in the cache in worker processes before their first
+    call (`compiled.precompile`; nothing, not even the dry run, without workers). A sharded step
+    passes all its shards at once, so their kernels are shared out together."""
+    todo = [s for s in steps if not s.compiled]
+    if todo and precompile.jobs() > 1:
+        precompile.compile_ahead([c for s in todo for c in s.kernel_calls()])
+    for s in todo:
+        s.compiled = True
 
 
 class _Zeros:
